@@ -1,0 +1,1 @@
+"""Developer tools: the local AWS emulator fixture and the demo. Not deployed."""

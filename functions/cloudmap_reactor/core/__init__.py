@@ -1,0 +1,1 @@
+"""Decisions about which tasks leave Cloud Map. Plain Python: no boto3, no Lambda."""

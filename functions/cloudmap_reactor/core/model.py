@@ -1,0 +1,104 @@
+"""The few facts about ECS the decisions need, independent of AWS response shapes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+SERVICE_GROUP_PREFIX = "service:"
+_CLOUDMAP_SERVICE_ARN = re.compile(
+    r"^arn:aws(?:-[a-z]+)*:servicediscovery:[a-z0-9-]+:\d{12}:service/(srv-[A-Za-z0-9]{1,64})$"
+)
+
+
+class Reason(StrEnum):
+    """Why a task leaves Cloud Map: the ``Reason`` metric dimension."""
+
+    TASK_STOPPING = "TaskStopping"
+    UNHEALTHY = "Unhealthy"
+
+
+class Outcome(StrEnum):
+    DEREGISTERED = "deregistered"
+    ALREADY_GONE = "already_gone"
+    DRY_RUN = "dry_run"
+    FAILED = "failed"
+
+
+def cloudmap_service_id(discovery_arn: str) -> str | None:
+    """``arn:aws:servicediscovery:…:service/srv-abc`` → ``srv-abc``; None for anything else."""
+    match = _CLOUDMAP_SERVICE_ARN.fullmatch(discovery_arn)
+    return match.group(1) if match else None
+
+
+def task_id(task_arn: str) -> str:
+    """The task id is the last path segment of both the short and the long task ARN format.
+
+    Service Connect registers a task in Cloud Map under this id.
+    """
+    return task_arn.rsplit("/", 1)[-1]
+
+
+def service_name_from_group(group: str) -> str | None:
+    """``service:orders`` → ``orders``; None for standalone tasks (``family:…``)."""
+    if group.startswith(SERVICE_GROUP_PREFIX) and len(group) > len(SERVICE_GROUP_PREFIX):
+        return group[len(SERVICE_GROUP_PREFIX) :]
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class EcsService:
+    """An ECS service and the Cloud Map services its tasks are registered in.
+
+    ``cloudmap_service_ids`` is the union over every deployment, so a task of an older deployment
+    (during a rolling update) is found too.
+    """
+
+    cluster_arn: str
+    service_name: str
+    service_arn: str
+    cloudmap_service_ids: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def uses_cloudmap(self) -> bool:
+        return bool(self.cloudmap_service_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSnapshot:
+    """What ``DescribeTasks`` says about one task at one moment."""
+
+    cluster_arn: str
+    task_arn: str
+    group: str
+    last_status: str
+    desired_status: str
+    health_status: str
+    started_at: datetime | None = None
+
+    @property
+    def task_id(self) -> str:
+        return task_id(self.task_arn)
+
+    @property
+    def service_name(self) -> str | None:
+        return service_name_from_group(self.group)
+
+
+@dataclass(frozen=True, slots=True)
+class Deregistration:
+    """One attempt to remove one task from one Cloud Map service, and how it ended."""
+
+    cluster_arn: str
+    service_name: str
+    task_arn: str
+    cloudmap_service_id: str
+    reason: Reason
+    outcome: Outcome
+    error: str | None = None
+
+    @property
+    def instance_id(self) -> str:
+        return task_id(self.task_arn)

@@ -1,0 +1,42 @@
+"""What the core needs from the outside world. Adapters implement these; tests may fake them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from enum import Enum
+from typing import Protocol
+
+from cloudmap_reactor.core.model import EcsService, TaskSnapshot
+
+
+class AwsCallFailed(Exception):
+    """An AWS call failed after the SDK's own retries (throttling, 5xx, timeouts, access denied)."""
+
+
+class RemovalResult(Enum):
+    REMOVED = "removed"
+    ALREADY_GONE = "already_gone"
+
+
+class InstanceRemover(Protocol):
+    def deregister_instance(self, cloudmap_service_id: str, instance_id: str) -> RemovalResult:
+        """Remove one instance; ``ALREADY_GONE`` when Cloud Map has no such instance or service."""
+        ...
+
+
+class ServiceDirectory(Protocol):
+    def describe_services(self, cluster_arn: str, service_names_or_arns: Sequence[str]) -> list[EcsService]:
+        """Describe services (any number; the adapter batches). Missing services are left out."""
+        ...
+
+
+class FleetReader(ServiceDirectory, Protocol):
+    def list_cluster_arns(self) -> list[str]: ...
+
+    def list_service_arns(self, cluster_arn: str) -> list[str]: ...
+
+    def list_running_task_arns(self, cluster_arn: str) -> list[str]:
+        """Tasks whose desired status is RUNNING."""
+        ...
+
+    def describe_tasks(self, cluster_arn: str, task_arns: Iterable[str]) -> list[TaskSnapshot]: ...

@@ -1,0 +1,47 @@
+"""The one Logger, Tracer and Metrics of the application, and the metric names operators alarm on.
+
+Powertools reads ``POWERTOOLS_SERVICE_NAME``, ``POWERTOOLS_METRICS_NAMESPACE`` and the other
+``POWERTOOLS_*`` variables itself. Metric names and the ``Reason`` dimension are a public
+interface: alarms and dashboards depend on them, so they live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+
+from aws_lambda_powertools import Logger, Metrics, Tracer, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
+
+SERVICE_NAME = os.environ.get("POWERTOOLS_SERVICE_NAME") or "cloudmap-reactor"
+
+logger = Logger(service=SERVICE_NAME)  # level comes from Settings.log_level (see wiring)
+tracer = Tracer(service=SERVICE_NAME)
+metrics = Metrics(service=SERVICE_NAME)
+
+
+class MetricName(StrEnum):
+    TASKS_DEREGISTERED = "TasksDeregistered"
+    DRY_RUN_DEREGISTRATIONS = "DryRunDeregistrations"
+    DEREGISTRATION_ERRORS = "DeregistrationErrors"
+    UNHEALTHY_TASKS_FOUND = "UnhealthyTasksFound"
+    INVALID_EVENTS = "InvalidEvents"
+    HEALTH_SCAN_COMPLETED = "HealthScanCompleted"
+    HEALTH_SCAN_DURATION = "HealthScanDuration"
+
+
+def count(name: MetricName, value: float = 1) -> None:
+    """Add to a metric that carries only the ``service`` dimension."""
+    metrics.add_metric(name=name.value, unit=MetricUnit.Count, value=value)
+
+
+def count_with_reason(name: MetricName, reason: str, value: float = 1) -> None:
+    """Emit a metric with the low-cardinality ``Reason`` dimension (its own EMF record)."""
+    with single_metric(
+        name=name.value,
+        unit=MetricUnit.Count,
+        value=value,
+        namespace=metrics.namespace,
+        default_dimensions={"service": SERVICE_NAME},
+    ) as metric:
+        metric.add_dimension(name="Reason", value=reason)

@@ -1,0 +1,65 @@
+"""Build each function's collaborators once per container (on the first invocation).
+
+Settings are validated here, so a bad environment fails the first invocation with a clear
+message instead of failing at import. Tests call ``reset()`` to start from a clean container.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client, reset_clients
+from cloudmap_reactor.adapters.cloudmap import CloudMapDeregistrar
+from cloudmap_reactor.adapters.ecs import EcsReader
+from cloudmap_reactor.config import Settings
+from cloudmap_reactor.core.service_cache import CachedServiceLookup
+from cloudmap_reactor.observability import logger
+
+
+@dataclass(frozen=True, slots=True)
+class ReactorDeps:
+    settings: Settings
+    services: CachedServiceLookup
+    remover: CloudMapDeregistrar
+
+
+@dataclass(frozen=True, slots=True)
+class PollerDeps:
+    settings: Settings
+    fleet: EcsReader
+    remover: CloudMapDeregistrar
+
+
+@cache
+def settings() -> Settings:
+    loaded = Settings.from_env()
+    logger.setLevel(loaded.log_level)
+    return loaded
+
+
+@cache
+def reactor_deps() -> ReactorDeps:
+    config = settings()
+    return ReactorDeps(
+        settings=config,
+        services=CachedServiceLookup(EcsReader(ecs_client()), ttl_seconds=config.service_cache_ttl_seconds),
+        remover=CloudMapDeregistrar(cloudmap_client()),
+    )
+
+
+@cache
+def poller_deps() -> PollerDeps:
+    return PollerDeps(
+        settings=settings(),
+        fleet=EcsReader(ecs_client()),
+        remover=CloudMapDeregistrar(cloudmap_client()),
+    )
+
+
+def reset() -> None:
+    """Forget settings, caches and clients, as a new container would."""
+    settings.cache_clear()
+    reactor_deps.cache_clear()
+    poller_deps.cache_clear()
+    reset_clients()
