@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from mypy_boto3_servicediscovery import ServiceDiscoveryClient
 
 HEALTH_STATUSES = ("HEALTHY", "UNHEALTHY", "UNKNOWN")
+# moto advances a "manual" state after this many describes; ECS never does on its own.
+_NEVER = 10**12
 
 
 @contextmanager
@@ -53,7 +55,7 @@ def aws_like_ecs() -> Iterator[None]:
     had_health = hasattr(ecs_models.Task, "health_status")
     backend_cls.list_tasks = list_tasks  # type: ignore[method-assign]
     ecs_models.Task.health_status = "UNKNOWN"  # type: ignore[attr-defined]
-    state_manager.set_transition(model_name="ecs::task", transition={"progression": "manual", "times": -1})
+    state_manager.set_transition(model_name="ecs::task", transition={"progression": "manual", "times": _NEVER})
     try:
         yield
     finally:

@@ -1,0 +1,48 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Each builds its own
+# virtual environment (.venv) from nothing but python3 and the package registry.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat requirements-dev.txt functions/requirements.txt | cksum | cut -d' ' -f1)
+
+export SAM_CLI_TELEMETRY := 0
+export PATH := $(BIN):$(PATH)
+
+.PHONY: help venv lint typecheck unit validate test demo build clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP):
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(STAMP)  ## Create .venv with everything below (only when the requirements changed)
+
+lint: venv  ## ruff: lint and formatting
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv  ## mypy --strict over the functions, devtools and tests
+	$(BIN)/mypy
+
+unit: venv  ## pytest: handlers against the local emulator, template checks, sam build
+	$(BIN)/python -m pytest
+
+validate: venv  ## sam validate --lint (cfn-lint) on template.yaml
+	$(BIN)/sam validate --lint --region us-east-1
+
+test: lint typecheck unit validate  ## Everything CI runs
+
+demo: venv  ## Replay events/ and one poll through the real handlers against a local emulator
+	$(BIN)/python -m devtools.demo
+
+build: venv  ## sam build (no Docker needed)
+	$(BIN)/sam build
+
+clean:  ## Remove the virtual environment and build output
+	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

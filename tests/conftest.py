@@ -1,0 +1,163 @@
+"""Shared fixtures: an in-process AWS emulator that answers like AWS, a Lambda context, EMF capture.
+
+The environment is set here, before any handler module is imported, the way Lambda sets it
+before a cold start. Nothing is re-imported between tests; ``wiring.reset()`` plays a new container.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+for _name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "CLUSTER_ARNS", "DRY_RUN"):
+    os.environ.pop(_name, None)
+os.environ.update(
+    {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "POWERTOOLS_SERVICE_NAME": "cloudmap-reactor",
+        "POWERTOOLS_METRICS_NAMESPACE": "CloudMapReactor",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_DEV": "false",
+    }
+)
+
+import boto3  # noqa: E402
+from moto import mock_aws  # noqa: E402
+
+from cloudmap_reactor import wiring  # noqa: E402
+from devtools.aws_emulator import FleetBuilder, aws_like_ecs  # noqa: E402
+
+EVENTS_DIR = Path(__file__).resolve().parent.parent / "events"
+
+
+@pytest.fixture
+def aws() -> Iterator[FleetBuilder]:
+    """A fresh local AWS (ECS + Cloud Map) per test, and a fresh 'container' for the handlers."""
+    with mock_aws(), aws_like_ecs():
+        wiring.reset()
+        yield FleetBuilder(boto3.client("ecs"), boto3.client("servicediscovery"))
+    wiring.reset()
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Set function environment variables; the next invocation re-reads them as a cold start would."""
+    yield monkeypatch
+    wiring.reset()
+
+
+@dataclass
+class FakeLambdaContext:
+    function_name: str = "cloudmap-reactor-test"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:cloudmap-reactor-test"
+    aws_request_id: str = "5b1e2c3d-0000-4000-8000-000000000000"
+    _remaining_ms: int = 60_000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self._remaining_ms
+
+
+@pytest.fixture
+def lambda_context() -> FakeLambdaContext:
+    return FakeLambdaContext()
+
+
+@dataclass
+class EmittedMetrics:
+    """EMF records printed by Powertools, read back as (name, dimensions) → summed value."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def value(self, name: str, **dimensions: str) -> float:
+        total = 0.0
+        for record in self.records:
+            meta = record["_aws"]["CloudWatchMetrics"][0]
+            names = {m["Name"] for m in meta["Metrics"]}
+            dims = {d: record[d] for d in meta["Dimensions"][0]}
+            if name in names and all(dims.get(k) == v for k, v in dimensions.items()):
+                total += float(record[name]) if not isinstance(record[name], list) else sum(record[name])
+        return total
+
+    def names(self) -> set[str]:
+        return {m["Name"] for r in self.records for m in r["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+
+    def dimension_sets(self, name: str) -> list[set[str]]:
+        return [
+            set(r["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0])
+            for r in self.records
+            if name in {m["Name"] for m in r["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+        ]
+
+
+@dataclass
+class Output:
+    metrics: EmittedMetrics
+    logs: list[dict[str, Any]]
+
+    def messages(self, level: str | None = None) -> list[str]:
+        return [str(r.get("message")) for r in self.logs if level is None or r.get("level") == level]
+
+
+@pytest.fixture
+def read_output(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> Any:
+    """Call to read the EMF metrics printed so far and the application's log records."""
+    caplog.set_level(logging.DEBUG, logger="cloudmap-reactor")
+
+    def read() -> Output:
+        emitted = EmittedMetrics()
+        for line in capsys.readouterr().out.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and "_aws" in record:
+                emitted.records.append(record)
+        logs = [
+            {**vars(r), "message": r.getMessage(), "level": r.levelname}
+            for r in caplog.records
+            if r.name == "cloudmap-reactor"
+        ]
+        return Output(metrics=emitted, logs=logs)
+
+    return read
+
+
+def load_event(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((EVENTS_DIR / name).read_text())
+    return loaded
+
+
+def task_event(
+    task_arn: str,
+    cluster_arn: str,
+    *,
+    group: str,
+    desired_status: str = "STOPPED",
+    last_status: str = "RUNNING",
+    template: str = "task-stopping.json",
+) -> dict[str, Any]:
+    """A sample event from ``events/`` pointed at a task of the emulated fleet."""
+    event = load_event(template)
+    detail = event["detail"]
+    detail.update(
+        taskArn=task_arn,
+        clusterArn=cluster_arn,
+        group=group,
+        desiredStatus=desired_status,
+        lastStatus=last_status,
+    )
+    event["resources"] = [task_arn]
+    for container in detail.get("containers", []):
+        container["taskArn"] = task_arn
+    return event

@@ -1,0 +1,178 @@
+"""The health poller against the local emulator: one pass, then Cloud Map's state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from cloudmap_reactor import wiring
+from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client
+from cloudmap_reactor.handlers import health_poller
+from devtools.aws_emulator import FleetBuilder, SeededService
+from tests.conftest import FakeLambdaContext, load_event
+
+
+def poll(context: FakeLambdaContext) -> dict[str, Any]:
+    result: dict[str, Any] = health_poller.lambda_handler(load_event("scheduled-poll.json"), context)
+    return result
+
+
+def ids(*arns: str) -> set[str]:
+    return {arn.rsplit("/", 1)[-1] for arn in arns}
+
+
+@pytest.fixture
+def orders(aws: FleetBuilder) -> SeededService:
+    """``orders`` in cluster ``prod``: two discovery names, 4 tasks, all HEALTHY to start with."""
+    aws.create_cluster("prod")
+    service = aws.create_service("prod", "orders", discovery_names=["orders", "orders-grpc"])
+    for arn in aws.start_tasks(service, 4):
+        aws.set_health(arn, "HEALTHY")
+    return service
+
+
+def test_one_pass_removes_unhealthy_running_tasks_only(
+    aws: FleetBuilder, orders: SeededService, lambda_context: FakeLambdaContext, read_output: Any
+) -> None:
+    sick, unknown, *healthy = orders.task_arns
+    aws.set_health(sick, "UNHEALTHY")
+    aws.set_health(unknown, "UNKNOWN")
+
+    result = poll(lambda_context)
+
+    assert result["status"] == "completed"
+    for sid in orders.cloudmap_service_ids:
+        assert aws.instance_ids(sid) == ids(unknown, *healthy)
+    output = read_output()
+    assert output.metrics.value("TasksDeregistered", Reason="Unhealthy") == 2
+    assert output.metrics.value("UnhealthyTasksFound") == 1
+    assert output.metrics.value("HealthScanCompleted") == 1
+    assert output.metrics.dimension_sets("HealthScanDuration") == [{"service"}]
+
+
+def test_unhealthy_task_already_stopping_is_left_to_the_reactor(
+    aws: FleetBuilder, orders: SeededService, lambda_context: FakeLambdaContext, read_output: Any
+) -> None:
+    """ListTasks(desiredStatus=RUNNING) no longer returns it; nothing is counted twice."""
+    aws.set_health(orders.task_arns[0], "UNHEALTHY")
+    aws.begin_stopping(orders.task_arns[0])
+
+    poll(lambda_context)
+
+    assert aws.instance_ids(orders.cloudmap_service_ids[0]) == ids(*orders.task_arns)
+    assert read_output().metrics.value("UnhealthyTasksFound") == 0
+
+
+def test_services_without_service_connect_and_standalone_tasks_are_ignored(
+    aws: FleetBuilder, orders: SeededService, lambda_context: FakeLambdaContext, read_output: Any
+) -> None:
+    plain = aws.create_service("prod", "worker")
+    plain_task = aws.start_tasks(plain, 1)[0]
+    aws.set_health(plain_task, "UNHEALTHY")
+    job = aws.run_standalone_task("prod", "nightly-report")
+    aws.set_health(job, "UNHEALTHY")
+
+    poll(lambda_context)
+
+    assert aws.instance_ids(orders.cloudmap_service_ids[0]) == ids(*orders.task_arns)
+    output = read_output()
+    assert output.metrics.value("UnhealthyTasksFound") == 0
+    assert output.metrics.value("TasksDeregistered") == 0
+
+
+def test_dry_run_changes_nothing(
+    aws: FleetBuilder,
+    orders: SeededService,
+    env: pytest.MonkeyPatch,
+    lambda_context: FakeLambdaContext,
+    read_output: Any,
+) -> None:
+    env.setenv("DRY_RUN", "true")
+    aws.set_health(orders.task_arns[0], "UNHEALTHY")
+
+    poll(lambda_context)
+
+    for sid in orders.cloudmap_service_ids:
+        assert aws.instance_ids(sid) == ids(*orders.task_arns)
+    output = read_output()
+    assert output.metrics.value("DryRunDeregistrations", Reason="Unhealthy") == 2
+    assert output.metrics.value("UnhealthyTasksFound") == 1
+    assert output.metrics.value("TasksDeregistered") == 0
+
+
+def test_scans_every_cluster_by_default_and_only_the_configured_ones_otherwise(
+    aws: FleetBuilder,
+    orders: SeededService,
+    env: pytest.MonkeyPatch,
+    lambda_context: FakeLambdaContext,
+) -> None:
+    aws.create_cluster("staging")
+    staging = aws.create_service("staging", "orders", discovery_names=["orders"], namespace="staging")
+    staging_task = aws.start_tasks(staging, 2)[0]
+    aws.set_health(staging_task, "UNHEALTHY")
+    aws.set_health(orders.task_arns[0], "UNHEALTHY")
+    env.setenv("CLUSTER_ARNS", orders.cluster_arn)
+
+    poll(lambda_context)
+
+    assert aws.instance_ids(staging.cloudmap_service_ids[0]) == ids(*staging.task_arns)
+    assert orders.task_arns[0].rsplit("/", 1)[-1] not in aws.instance_ids(orders.cloudmap_service_ids[0])
+
+    env.delenv("CLUSTER_ARNS")
+    wiring.reset()
+    poll(lambda_context)
+
+    assert aws.instance_ids(staging.cloudmap_service_ids[0]) == ids(staging.task_arns[1])
+
+
+def test_api_calls_are_batched_at_the_api_maximum(
+    aws: FleetBuilder, lambda_context: FakeLambdaContext, mocker: Any
+) -> None:
+    aws.create_cluster("big")
+    services = [aws.create_service("big", f"svc-{i:02d}", discovery_names=[f"svc-{i:02d}"]) for i in range(23)]
+    for service in services[:3]:
+        aws.start_tasks(service, 70)  # 210 tasks: 3 pages of ListTasks, 3 DescribeTasks
+    ecs = ecs_client()
+    describe_services = mocker.spy(ecs, "describe_services")
+    describe_tasks = mocker.spy(ecs, "describe_tasks")
+    deregister = mocker.spy(cloudmap_client(), "deregister_instance")
+
+    result = poll(lambda_context)
+
+    assert result["tasks_examined"] == 210
+    assert [len(c.kwargs["services"]) for c in describe_services.call_args_list] == [10, 10, 3]
+    assert [len(c.kwargs["tasks"]) for c in describe_tasks.call_args_list] == [100, 100, 10]
+    assert deregister.call_count == 0
+
+
+def test_a_failing_cluster_does_not_stop_the_others_and_withholds_the_heartbeat(
+    aws: FleetBuilder,
+    orders: SeededService,
+    env: pytest.MonkeyPatch,
+    lambda_context: FakeLambdaContext,
+    read_output: Any,
+    mocker: Any,
+) -> None:
+    broken = aws.create_cluster("broken")
+    aws.set_health(orders.task_arns[0], "UNHEALTHY")
+    env.setenv("CLUSTER_ARNS", f"{broken},{orders.cluster_arn}")
+    client = ecs_client()
+    real_list_services = client.list_services
+
+    def list_services(**kwargs: Any) -> Any:
+        if kwargs["cluster"] == broken:
+            raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "denied"}}, "ListServices")
+        return real_list_services(**kwargs)
+
+    mocker.patch.object(client, "list_services", side_effect=list_services)
+
+    with pytest.raises(health_poller.HealthScanIncomplete, match="1 cluster"):
+        poll(lambda_context)
+
+    assert orders.task_arns[0].rsplit("/", 1)[-1] not in aws.instance_ids(orders.cloudmap_service_ids[0])
+    output = read_output()
+    assert output.metrics.value("HealthScanCompleted") == 0
+    assert output.metrics.value("TasksDeregistered", Reason="Unhealthy") == 2
+    assert "Could not scan cluster" in output.messages("ERROR")
