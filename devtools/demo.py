@@ -1,0 +1,242 @@
+"""`make demo`: the reactor and the poller, through their real Lambda handlers, against a local AWS.
+
+No AWS account is needed. A moto server (the local AWS emulator) listens on 127.0.0.1; the
+handlers reach it through ``AWS_ENDPOINT_URL`` exactly as they would reach AWS. The fleet is
+seeded through the AWS APIs; ``devtools.aws_emulator`` fills in what only ECS can set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import socket
+import sys
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+EVENTS = Path(__file__).resolve().parent.parent / "events"
+REGION = "us-east-1"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0, help="port for the local emulator (default: a free one)")
+    parser.add_argument("--verbose", action="store_true", help="also print the handlers' JSON log records")
+    args = parser.parse_args(argv)
+    # Powertools warns when an invocation emits no metric (an ignored event); expected here.
+    warnings.filterwarnings("ignore", message="No application metrics to publish")
+
+    port = args.port or _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "POWERTOOLS_SERVICE_NAME": "cloudmap-reactor",
+            "POWERTOOLS_METRICS_NAMESPACE": "CloudMapReactor",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "CLUSTER_ARNS": "",
+            "DRY_RUN": "false",
+        }
+    )
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        os.environ.pop(name, None)
+
+    # Imported only now: Powertools reads its environment when the handler modules load.
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from devtools.aws_emulator import FleetBuilder, aws_like_ecs
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server.start()
+    try:
+        with aws_like_ecs():
+            print(f"Local AWS emulator (moto server) listening on {endpoint}\n")
+            fleet = FleetBuilder(boto3.client("ecs"), boto3.client("servicediscovery"), region=REGION)
+            seeded = _seed(fleet)
+            before = _snapshot(fleet, seeded)
+            _print_registrations("Cloud Map before", before, seeded)
+            _replay(seeded, verbose=args.verbose)
+            after = _snapshot(fleet, seeded)
+            _print_registrations("Cloud Map after", after, seeded, before=before)
+    finally:
+        server.stop()
+    return 0
+
+
+@dataclass
+class Seeded:
+    cloudmap_names: dict[str, str]  # Cloud Map service id -> "ecs-service / discovery name"
+    task_notes: dict[str, str]  # task id -> what the demo did to it
+
+
+def _seed(fleet: Any) -> Seeded:
+    """Cluster ``prod``: orders (2 discovery names, mid rolling update), payments, worker (no Service Connect)."""
+    stopping = _task_id("task-stopping.json")
+    stopping_old = _task_id("task-stopping-old-deployment.json")
+    fleet.create_cluster("prod")
+    orders = fleet.create_service("prod", "orders", discovery_names=["orders", "orders-grpc"])
+    fleet.start_tasks(orders, 3, task_ids=[stopping, stopping_old])
+    old_names = dict(zip(orders.cloudmap_service_ids, ["orders", "orders-grpc"], strict=True))
+    new_ids = fleet.start_rolling_update(orders, discovery_names=["orders-v2"])
+    fleet.start_tasks(orders, 1, register_in=new_ids)
+    payments = fleet.create_service("prod", "payments", discovery_names=["payments"])
+    healthy, sick, unknown = fleet.start_tasks(payments, 3)
+    fleet.set_health(healthy, "HEALTHY")
+    fleet.set_health(sick, "UNHEALTHY")
+    fleet.set_health(unknown, "UNKNOWN")
+    worker = fleet.create_service("prod", "worker")
+    fleet.set_health(fleet.start_tasks(worker, 1)[0], "UNHEALTHY")
+    fleet.begin_stopping(orders.task_arns[0], "Task failed container health checks")
+    fleet.begin_stopping(orders.task_arns[1])
+
+    names = {sid: f"orders / {name}" for sid, name in old_names.items()}
+    names[new_ids[0]] = "orders / orders-v2 (new deployment)"
+    names[payments.cloudmap_service_ids[0]] = "payments / payments"
+    notes = {
+        stopping: "stopping (events/task-stopping.json)",
+        stopping_old: "stopping, older deployment (events/task-stopping-old-deployment.json)",
+        _short(sick): "UNHEALTHY, running",
+        _short(unknown): "UNKNOWN health (no health check)",
+        _short(healthy): "HEALTHY",
+    }
+    return Seeded(cloudmap_names=names, task_notes=notes)
+
+
+def _replay(seeded: Seeded, *, verbose: bool) -> None:
+    from cloudmap_reactor.handlers import health_poller, task_state_change
+
+    invalid = json.loads((EVENTS / "task-stopping.json").read_text())
+    invalid["detail"]["taskArn"] = "not-an-arn"
+    steps: list[tuple[str, Any, Any]] = [
+        ("events/task-stopping.json", task_state_change.lambda_handler, _event("task-stopping.json")),
+        (
+            "events/task-stopping-old-deployment.json",
+            task_state_change.lambda_handler,
+            _event("task-stopping-old-deployment.json"),
+        ),
+        ("events/task-stopped.json (a later event for the same task)", task_state_change.lambda_handler,
+         _event("task-stopped.json")),
+        ("events/task-running.json", task_state_change.lambda_handler, _event("task-running.json")),
+        ("events/standalone-task-stopping.json", task_state_change.lambda_handler,
+         _event("standalone-task-stopping.json")),
+        ("a malformed event (taskArn 'not-an-arn')", task_state_change.lambda_handler, invalid),
+        ("events/scheduled-poll.json (one health poll)", health_poller.lambda_handler, _event("scheduled-poll.json")),
+    ]
+    for title, handler, event in steps:
+        print(f"▶ {title}")
+        with _captured() as (logs, stdout):
+            result = handler(event, _Context(handler.__module__.rsplit(".", 1)[-1]))
+        print(f"  result: {json.dumps(_brief(result))}")
+        for record in logs:
+            extra = ", ".join(
+                f"{k}={record[k]}" for k in ("outcome", "cloudmap_service_id", "instance_id", "validation_error")
+                if k in record
+            )
+            print(f"  log {record['level']:<7} {record['message']}" + (f" ({extra})" if extra else ""))
+            if verbose:
+                print("    " + json.dumps(record))
+        for name, dims, value in _metrics(stdout.getvalue()):
+            print(f"  metric {name}{dims} = {value:g}")
+        print()
+
+
+def _brief(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k in ("status", "outcomes", "unhealthy_found", "deregistrations")}
+
+
+@contextlib.contextmanager
+def _captured() -> Iterator[tuple[list[dict[str, Any]], io.StringIO]]:
+    """Collect the handler's JSON log records and its EMF metric lines instead of printing them."""
+    logs_stream, stdout = io.StringIO(), io.StringIO()
+    handlers = logging.getLogger("cloudmap-reactor").handlers
+    streams = [h.setStream(logs_stream) for h in handlers if isinstance(h, logging.StreamHandler)]
+    logs: list[dict[str, Any]] = []
+    try:
+        with contextlib.redirect_stdout(stdout):
+            yield logs, stdout
+    finally:
+        for handler, stream in zip(handlers, streams, strict=False):
+            if stream is not None and isinstance(handler, logging.StreamHandler):
+                handler.setStream(stream)
+        logs.extend(json.loads(line) for line in logs_stream.getvalue().splitlines() if line.startswith("{"))
+
+
+def _metrics(printed: str) -> list[tuple[str, dict[str, str], float]]:
+    found = []
+    for line in printed.splitlines():
+        if not line.startswith("{"):
+            continue
+        record = json.loads(line)
+        meta = record.get("_aws", {}).get("CloudWatchMetrics", [{}])[0]
+        dims = {d: record[d] for d in meta.get("Dimensions", [[]])[0] if d != "service"}
+        for metric in meta.get("Metrics", []):
+            value = record[metric["Name"]]
+            found.append((metric["Name"], dims, sum(value) if isinstance(value, list) else value))
+    return found
+
+
+def _snapshot(fleet: Any, seeded: Seeded) -> dict[str, set[str]]:
+    return {sid: fleet.instance_ids(sid) for sid in seeded.cloudmap_names}
+
+
+def _print_registrations(
+    title: str, state: dict[str, set[str]], seeded: Seeded, before: dict[str, set[str]] | None = None
+) -> None:
+    print(f"── {title} " + "─" * (60 - len(title)))
+    for sid, name in seeded.cloudmap_names.items():
+        print(f"  {name}  [{sid}]")
+        shown = sorted(state[sid] | (before or {}).get(sid, set()))
+        for instance in shown:
+            gone = instance not in state[sid]
+            mark = "  ✗ removed   " if gone else "  ✓ registered"
+            note = seeded.task_notes.get(instance, "")
+            print(f"    {mark} {instance}  {note}")
+    print()
+
+
+def _event(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((EVENTS / name).read_text())
+    return loaded
+
+
+def _task_id(name: str) -> str:
+    return str(_event(name)["detail"]["taskArn"]).rsplit("/", 1)[-1]
+
+
+def _short(task_arn: str) -> str:
+    return task_arn.rsplit("/", 1)[-1]
+
+
+@dataclass
+class _Context:
+    function_name: str
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:cloudmap-reactor-demo"
+    aws_request_id: str = "00000000-0000-4000-8000-000000000000"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "functions"))
+    sys.exit(main())
