@@ -21,6 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
+from moto.server import ThreadedMotoServer
+
+from devtools.aws_emulator import FleetBuilder, aws_like_ecs
+
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 REGION = "us-east-1"
 
@@ -52,12 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         os.environ.pop(name, None)
 
-    # Imported only now: Powertools reads its environment when the handler modules load.
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    from devtools.aws_emulator import FleetBuilder, aws_like_ecs
-
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server.start()
@@ -82,7 +81,7 @@ class Seeded:
     task_notes: dict[str, str]  # task id -> what the demo did to it
 
 
-def _seed(fleet: Any) -> Seeded:
+def _seed(fleet: FleetBuilder) -> Seeded:
     """Cluster ``prod``: orders (2 discovery names, mid rolling update), payments, worker (no Service Connect)."""
     stopping = _task_id("task-stopping.json")
     stopping_old = _task_id("task-stopping-old-deployment.json")
@@ -116,7 +115,8 @@ def _seed(fleet: Any) -> Seeded:
 
 
 def _replay(seeded: Seeded, *, verbose: bool) -> None:
-    from cloudmap_reactor.handlers import health_poller, task_state_change
+    # Imported only now, as Lambda would: Powertools reads its environment when the handlers load.
+    from cloudmap_reactor.handlers import health_poller, task_state_change  # noqa: PLC0415
 
     invalid = json.loads((EVENTS / "task-stopping.json").read_text())
     invalid["detail"]["taskArn"] = "not-an-arn"
@@ -127,11 +127,17 @@ def _replay(seeded: Seeded, *, verbose: bool) -> None:
             task_state_change.lambda_handler,
             _event("task-stopping-old-deployment.json"),
         ),
-        ("events/task-stopped.json (a later event for the same task)", task_state_change.lambda_handler,
-         _event("task-stopped.json")),
+        (
+            "events/task-stopped.json (a later event for the same task)",
+            task_state_change.lambda_handler,
+            _event("task-stopped.json"),
+        ),
         ("events/task-running.json", task_state_change.lambda_handler, _event("task-running.json")),
-        ("events/standalone-task-stopping.json", task_state_change.lambda_handler,
-         _event("standalone-task-stopping.json")),
+        (
+            "events/standalone-task-stopping.json",
+            task_state_change.lambda_handler,
+            _event("standalone-task-stopping.json"),
+        ),
         ("a malformed event (taskArn 'not-an-arn')", task_state_change.lambda_handler, invalid),
         ("events/scheduled-poll.json (one health poll)", health_poller.lambda_handler, _event("scheduled-poll.json")),
     ]
@@ -142,7 +148,8 @@ def _replay(seeded: Seeded, *, verbose: bool) -> None:
         print(f"  result: {json.dumps(_brief(result))}")
         for record in logs:
             extra = ", ".join(
-                f"{k}={record[k]}" for k in ("outcome", "cloudmap_service_id", "instance_id", "validation_error")
+                f"{k}={record[k]}"
+                for k in ("outcome", "cloudmap_service_id", "instance_id", "validation_error")
                 if k in record
             )
             print(f"  log {record['level']:<7} {record['message']}" + (f" ({extra})" if extra else ""))
@@ -188,7 +195,7 @@ def _metrics(printed: str) -> list[tuple[str, dict[str, str], float]]:
     return found
 
 
-def _snapshot(fleet: Any, seeded: Seeded) -> dict[str, set[str]]:
+def _snapshot(fleet: FleetBuilder, seeded: Seeded) -> dict[str, set[str]]:
     return {sid: fleet.instance_ids(sid) for sid in seeded.cloudmap_names}
 
 
