@@ -1,0 +1,56 @@
+"""Settings are parsed once, strictly, with an error that names every bad variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloudmap_reactor.config import ConfigError, Settings
+
+PROD = "arn:aws:ecs:us-east-1:123456789012:cluster/prod"
+GOV = "arn:aws-us-gov:ecs:us-gov-west-1:123456789012:cluster/gov_1"
+
+
+def test_defaults_scan_every_cluster_and_change_things() -> None:
+    settings = Settings.from_env({})
+    assert settings == Settings(cluster_arns=(), dry_run=False, log_level="INFO", service_cache_ttl_seconds=30.0)
+    assert settings.in_scope(PROD)
+
+
+def test_cluster_arns_are_trimmed_deduplicated_and_scope_the_clusters() -> None:
+    settings = Settings.from_env({"CLUSTER_ARNS": f" {PROD} ,{GOV},,{PROD}"})
+    assert settings.cluster_arns == (PROD, GOV)
+    assert settings.in_scope(GOV)
+    assert not settings.in_scope("arn:aws:ecs:us-east-1:123456789012:cluster/other")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("true", True), ("TRUE", True), ("1", True), ("false", False), ("", False)]
+)
+def test_dry_run(raw: str, expected: bool) -> None:
+    assert Settings.from_env({"DRY_RUN": raw}).dry_run is expected
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env(
+            {
+                "CLUSTER_ARNS": "prod,arn:aws:ecs:us-east-1:123:cluster/x",
+                "DRY_RUN": "maybe",
+                "LOG_LEVEL": "chatty",
+                "SERVICE_CACHE_TTL_SECONDS": "-1",
+            }
+        )
+    message = str(raised.value)
+    for fragment in ("'prod'", "cluster/x", "DRY_RUN='maybe'", "LOG_LEVEL='CHATTY'", "SERVICE_CACHE_TTL_SECONDS"):
+        assert fragment in message
+
+
+def test_bad_configuration_fails_the_invocation_with_the_message(
+    aws: object, env: pytest.MonkeyPatch, lambda_context: object
+) -> None:
+    from cloudmap_reactor.handlers import task_state_change
+    from tests.conftest import load_event
+
+    env.setenv("DRY_RUN", "perhaps")
+    with pytest.raises(ConfigError, match="DRY_RUN='perhaps' must be true or false"):
+        task_state_change.lambda_handler(load_event("task-stopping.json"), lambda_context)
