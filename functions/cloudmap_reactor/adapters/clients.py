@@ -18,8 +18,10 @@ if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
     from mypy_boto3_servicediscovery import ServiceDiscoveryClient
 
+TOTAL_MAX_ATTEMPTS = 6  # the first call and up to 5 retries
+
 CLIENT_CONFIG = Config(
-    retries={"mode": "adaptive", "max_attempts": 6},
+    retries={"mode": "adaptive", "total_max_attempts": TOTAL_MAX_ATTEMPTS},
     connect_timeout=3,
     read_timeout=10,
     tcp_keepalive=True,

@@ -1,0 +1,123 @@
+"""AWS faults: botocore retries them (adaptive mode), then the handler raises so nothing is lost.
+
+Two kinds of fault, each a real new attempt through botocore's retry machinery (only the
+back-off sleep is skipped):
+
+* a 503 ``ServiceUnavailableException`` answered by the local emulator itself, and
+* a read timeout raised before the request reaches the emulator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from botocore.exceptions import ReadTimeoutError
+from moto.core.exceptions import JsonRESTError
+from moto.servicediscovery.models import ServiceDiscoveryBackend
+
+from cloudmap_reactor.adapters.clients import TOTAL_MAX_ATTEMPTS, cloudmap_client
+from cloudmap_reactor.handlers import task_state_change
+from devtools.aws_emulator import FleetBuilder, SeededService
+from tests.conftest import FakeLambdaContext, task_event
+
+class ServiceUnavailable(JsonRESTError):
+    code = 503
+
+    def __init__(self) -> None:
+        super().__init__("ServiceUnavailableException", "injected fault")
+
+
+@dataclass
+class Faults:
+    """Fail the first ``failures`` attempts of Cloud Map's DeregisterInstance."""
+
+    failures: int
+    attempts: int = 0
+
+    def should_fail(self) -> bool:
+        self.attempts += 1
+        return self.attempts <= self.failures
+
+
+@pytest.fixture(autouse=True)
+def no_backoff_sleep(mocker: Any) -> None:
+    mocker.patch("botocore.endpoint.time.sleep")
+
+
+@pytest.fixture
+def orders(aws: FleetBuilder) -> SeededService:
+    aws.create_cluster("prod")
+    service = aws.create_service("prod", "orders", discovery_names=["orders"])
+    aws.start_tasks(service, 2)
+    return service
+
+
+def unavailable(mocker: Any, failures: int) -> Faults:
+    """The emulator answers HTTP 503, as Cloud Map does when it is briefly unavailable."""
+    faults = Faults(failures)
+    real = ServiceDiscoveryBackend.deregister_instance
+
+    def deregister_instance(self: Any, service_id: str, instance_id: str) -> str:
+        if faults.should_fail():
+            raise ServiceUnavailable
+        return real(self, service_id, instance_id)
+
+    mocker.patch.object(ServiceDiscoveryBackend, "deregister_instance", deregister_instance)
+    return faults
+
+
+def timing_out(failures: int) -> Faults:
+    """The request never gets an answer in time (raised before it reaches the emulator)."""
+    faults = Faults(failures)
+
+    def before_send(request: Any, **_: Any) -> None:
+        if faults.should_fail():
+            raise ReadTimeoutError(endpoint_url=request.url)
+
+    cloudmap_client().meta.events.register_first("before-send.servicediscovery.DeregisterInstance", before_send)
+    return faults
+
+
+def stop(orders: SeededService, context: FakeLambdaContext) -> Any:
+    return task_state_change.lambda_handler(
+        task_event(orders.task_arns[0], orders.cluster_arn, group="service:orders"), context
+    )
+
+
+@pytest.mark.parametrize("kind", ["503", "timeout"])
+def test_transient_faults_are_retried_and_the_task_still_leaves(
+    aws: FleetBuilder,
+    orders: SeededService,
+    lambda_context: FakeLambdaContext,
+    read_output: Any,
+    mocker: Any,
+    kind: str,
+) -> None:
+    faults = unavailable(mocker, 2) if kind == "503" else timing_out(2)
+
+    assert stop(orders, lambda_context)["status"] == "processed"
+
+    assert faults.attempts == 3
+    assert aws.instance_ids(orders.cloudmap_service_ids[0]) == {orders.task_arns[1].rsplit("/", 1)[-1]}
+    assert read_output().metrics.value("DeregistrationErrors") == 0
+
+
+@pytest.mark.parametrize("kind", ["503", "timeout"])
+def test_persistent_fault_is_retried_then_raised_for_the_dead_letter_queue(
+    aws: FleetBuilder,
+    orders: SeededService,
+    lambda_context: FakeLambdaContext,
+    read_output: Any,
+    mocker: Any,
+    kind: str,
+) -> None:
+    faults = unavailable(mocker, 1000) if kind == "503" else timing_out(1000)
+
+    with pytest.raises(task_state_change.DeregistrationFailed):
+        stop(orders, lambda_context)
+
+    assert faults.attempts == TOTAL_MAX_ATTEMPTS
+    assert len(aws.instance_ids(orders.cloudmap_service_ids[0])) == 2
+    assert read_output().metrics.value("DeregistrationErrors") == 1
