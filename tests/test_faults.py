@@ -22,6 +22,7 @@ from cloudmap_reactor.handlers import task_state_change
 from devtools.aws_emulator import FleetBuilder, SeededService
 from tests.conftest import FakeLambdaContext, task_event
 
+
 class ServiceUnavailable(JsonRESTError):
     code = 503
 
