@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements-dev.txt functions/requirem
 export SAM_CLI_TELEMETRY := 0
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help venv lint typecheck unit validate test demo build clean
+.PHONY: help venv lint typecheck unit validate test demo demo-server build clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ test: lint typecheck unit validate  ## Everything CI runs
 
 demo: venv  ## Replay events/ and one poll through the real handlers against a local emulator
 	$(BIN)/python -m devtools.demo
+
+demo-server: venv  ## Seed the local emulator on 127.0.0.1:5000 and keep it up for sam local invoke
+	$(BIN)/python -m devtools.demo --serve --port 5000
 
 build: venv  ## sam build (no Docker needed)
 	$(BIN)/sam build

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0, help="port for the local emulator (default: a free one)")
     parser.add_argument("--verbose", action="store_true", help="also print the handlers' JSON log records")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="seed the emulator and keep it running (for sam local invoke) instead of replaying the events",
+    )
     args = parser.parse_args(argv)
     # Powertools warns when an invocation emits no metric (an ignored event); expected here.
     warnings.filterwarnings("ignore", message="No application metrics to publish")
@@ -67,12 +73,23 @@ def main(argv: list[str] | None = None) -> int:
             seeded = _seed(fleet)
             before = _snapshot(fleet, seeded)
             _print_registrations("Cloud Map before", before, seeded)
-            _replay(seeded, verbose=args.verbose)
+            if args.serve:
+                _serve_until_interrupted(endpoint)  # what sam local invoke changed is shown below
+            else:
+                _replay(seeded, verbose=args.verbose)
             after = _snapshot(fleet, seeded)
             _print_registrations("Cloud Map after", after, seeded, before=before)
     finally:
         server.stop()
     return 0
+
+
+def _serve_until_interrupted(endpoint: str) -> None:
+    print(f"Serving the seeded emulator on {endpoint}; replay events with sam local invoke. Ctrl-C to stop.")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        print()
 
 
 @dataclass
