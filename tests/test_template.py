@@ -1,0 +1,755 @@
+"""template.yaml, checked offline: translated to CloudFormation by the SAM translator, then read.
+
+Conditions (ClusterArns, AlarmEmail) are evaluated by a small intrinsic-function evaluator
+for a given set of parameter values, so each test sees the resources CloudFormation would
+create for that deployment, e.g. the rule's event pattern with and without ClusterArns.
+The last test runs ``sam validate --lint`` (cfn-lint), which needs no AWS account either.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from samtranslator.parser.parser import Parser
+from samtranslator.translator.translator import Translator
+from samtranslator.yaml_helper import yaml_parse
+
+from cloudmap_reactor.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "template.yaml"
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+STACK = "cloudmap-reactor-test"
+SERVICE = "cloudmap-reactor"
+CLUSTERS = (
+    f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/prod",
+    f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/staging",
+)
+WITH_CLUSTERS = {"ClusterArns": ",".join(CLUSTERS)}
+
+REACTOR = "TaskStateReactorFunction"
+POLLER = "HealthPollerFunction"
+RULE = "TaskStateReactorFunctionTaskStopping"
+SCHEDULE = "HealthPollerFunctionSchedule"
+
+Json = Any
+Params = Mapping[str, str]
+
+
+# --------------------------------------------------------------------------------------------
+# Translation and evaluation
+# --------------------------------------------------------------------------------------------
+
+
+@cache
+def sam_template() -> dict[str, Json]:
+    parsed: dict[str, Json] = yaml_parse(TEMPLATE.read_text(encoding="utf-8"))
+    return parsed
+
+
+@cache
+def _translated(frozen_params: tuple[tuple[str, str], ...]) -> dict[str, Json]:
+    template = copy.deepcopy(sam_template())
+    # The translator, like CloudFormation, only takes code already uploaded to S3.
+    globals_function = template.get("Globals", {}).get("Function", {})
+    if "CodeUri" in globals_function:
+        globals_function["CodeUri"] = "s3://bucket/functions.zip"
+    for logical_id, resource in template["Resources"].items():
+        properties = resource.get("Properties", {})
+        for key in ("CodeUri", "ContentUri"):
+            if key in properties:
+                properties[key] = f"s3://bucket/{logical_id}.zip"
+
+    def no_managed_policy_names() -> dict[str, str]:
+        raise AssertionError("the template must name managed policies by ARN (no IAM look-up offline)")
+
+    translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name=REGION))
+    translated: dict[str, Json] = translator.translate(
+        template, parameter_values=dict(frozen_params), get_managed_policy_map=no_managed_policy_names
+    )
+    return translated
+
+
+def translated(params: Params | None = None) -> dict[str, Json]:
+    return _translated(tuple(sorted((params or {}).items())))
+
+
+class _NoValue:
+    def __repr__(self) -> str:
+        return "AWS::NoValue"
+
+
+NO_VALUE = _NoValue()
+_SUB_VARIABLE = re.compile(r"\$\{(!?)([^}]+)\}")
+
+
+class Stack:
+    """The translated template with parameters, pseudo parameters and conditions resolved.
+
+    A Ref to a resource becomes ``<Ref:LogicalId>`` and a GetAtt ``<LogicalId.Attribute>``,
+    so tests can tell what points where.
+    """
+
+    def __init__(self, params: Params | None = None) -> None:
+        self.template = translated(params)
+        declared = self.template["Parameters"]
+        unknown = set(params or {}) - set(declared)
+        assert not unknown, f"not parameters of the template: {unknown}"
+        values = {name: str(spec.get("Default", "")) for name, spec in declared.items()}
+        values.update(params or {})
+        self.parameters = values
+        self.refs: dict[str, str] = {
+            **values,
+            "AWS::Partition": "aws",
+            "AWS::Region": REGION,
+            "AWS::AccountId": ACCOUNT,
+            "AWS::StackName": STACK,
+            "AWS::URLSuffix": "amazonaws.com",
+        }
+        self.resources: dict[str, dict[str, Json]] = {
+            logical_id: self.resolve(resource)
+            for logical_id, resource in self.template["Resources"].items()
+            if "Condition" not in resource or self.condition(resource["Condition"])
+        }
+
+    def condition(self, name: str) -> bool:
+        value = self.resolve(self.template["Conditions"][name])
+        assert isinstance(value, bool), f"condition {name} is not a boolean: {value!r}"
+        return value
+
+    def resolve(self, node: Json) -> Json:  # noqa: PLR0911, PLR0912
+        if isinstance(node, list):
+            return [item for item in (self.resolve(n) for n in node) if item is not NO_VALUE]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            ((key, arg),) = node.items()
+            if key == "Ref":
+                if arg == "AWS::NoValue":
+                    return NO_VALUE
+                if arg in self.refs:
+                    return self.refs[arg]
+                assert arg in self.template["Resources"], f"Ref to unknown {arg}"
+                return f"<Ref:{arg}>"
+            if key == "Fn::GetAtt":
+                resource, attribute = arg.split(".", 1) if isinstance(arg, str) else arg
+                assert resource in self.template["Resources"], f"GetAtt of unknown {resource}"
+                return f"<{resource}.{attribute}>"
+            if key == "Fn::If":
+                name, if_true, if_false = arg
+                return self.resolve(if_true if self.condition(name) else if_false)
+            if key == "Condition":
+                return self.condition(arg)
+            if key == "Fn::Equals":
+                left, right = (self.resolve(a) for a in arg)
+                return bool(left == right)
+            if key == "Fn::Not":
+                return not self.resolve(arg[0])
+            if key == "Fn::And":
+                return all(self.resolve(a) for a in arg)
+            if key == "Fn::Or":
+                return any(self.resolve(a) for a in arg)
+            if key == "Fn::Split":
+                separator, text = arg
+                return str(self.resolve(text)).split(separator)
+            if key == "Fn::Join":
+                separator, items = arg
+                return separator.join(str(i) for i in self.resolve(items))
+            if key == "Fn::Select":
+                index, items = arg
+                return self.resolve(items)[int(self.resolve(index))]
+            if key == "Fn::Sub":
+                return self._sub(arg)
+            assert not key.startswith("Fn::"), f"the evaluator does not know {key}"
+        resolved = {k: self.resolve(v) for k, v in node.items()}
+        return {k: v for k, v in resolved.items() if v is not NO_VALUE}
+
+    def _sub(self, arg: Json) -> str:
+        text, variables = (arg, {}) if isinstance(arg, str) else arg
+        local = {name: self.resolve(value) for name, value in variables.items()}
+
+        def replace(match: re.Match[str]) -> str:
+            literal, name = match.groups()
+            if literal:
+                return "${" + name
+            if name in local:
+                return str(local[name])
+            if name in self.refs:
+                return self.refs[name]
+            if "." in name:
+                return str(self.resolve({"Fn::GetAtt": name}))
+            return str(self.resolve({"Ref": name}))
+
+        return _SUB_VARIABLE.sub(replace, text)
+
+    def of_type(self, resource_type: str) -> dict[str, dict[str, Json]]:
+        return {k: r for k, r in self.resources.items() if r["Type"] == resource_type}
+
+    def properties(self, logical_id: str) -> dict[str, Json]:
+        assert logical_id in self.resources, f"{logical_id} is not created ({sorted(self.resources)})"
+        props: dict[str, Json] = self.resources[logical_id].get("Properties", {})
+        return props
+
+
+@pytest.fixture(scope="module")
+def stack() -> Stack:
+    return Stack()
+
+
+@pytest.fixture(scope="module")
+def scoped_stack() -> Stack:
+    return Stack(WITH_CLUSTERS)
+
+
+def sub(text: str) -> str:
+    return text.replace("{region}", REGION).replace("{account}", ACCOUNT)
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters and functions
+# --------------------------------------------------------------------------------------------
+
+
+def test_parameters_and_defaults() -> None:
+    parameters = sam_template()["Parameters"]
+    expected_defaults = {
+        "ClusterArns": "",
+        "DryRun": "false",
+        "LogLevel": "INFO",
+        "MetricsNamespace": "CloudMapReactor",
+        "PollSchedule": "rate(1 minute)",
+        "AlarmEmail": "",
+        "LogRetentionDays": 30,
+        "ServiceCacheTtlSeconds": 30,
+    }
+    for name, default in expected_defaults.items():
+        assert name in parameters, name
+        assert parameters[name]["Default"] == default, name
+    assert parameters["DryRun"]["AllowedValues"] == ["true", "false"]
+    assert parameters["LogLevel"]["AllowedValues"] == ["DEBUG", "INFO", "WARNING", "ERROR"]
+    assert 30 in parameters["LogRetentionDays"]["AllowedValues"]
+    assert set(parameters["LogRetentionDays"]["AllowedValues"]) <= {
+        1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("", True),
+        (CLUSTERS[0], True),
+        (",".join(CLUSTERS), True),
+        ("arn:aws-us-gov:ecs:us-gov-west-1:123456789012:cluster/a_b-c", True),
+        (f"{CLUSTERS[0]}, {CLUSTERS[1]}", False),  # a space would never match an event's clusterArn
+        (f"{CLUSTERS[0]},", False),
+        ("prod", False),
+        (f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/prod/web", False),
+    ],
+)
+def test_cluster_arns_pattern(value: str, accepted: bool) -> None:
+    pattern = sam_template()["Parameters"]["ClusterArns"]["AllowedPattern"]
+    assert (re.fullmatch(pattern, value) is not None) is accepted
+    if accepted:
+        # Whatever CloudFormation lets through, the functions accept at cold start.
+        assert Settings.from_env({"CLUSTER_ARNS": value}).cluster_arns == tuple(filter(None, value.split(",")))
+
+
+def test_functions_share_one_makefile_built_package() -> None:
+    template = sam_template()
+    globals_function = template["Globals"]["Function"]
+    for logical_id in (REACTOR, POLLER):
+        resource = template["Resources"][logical_id]
+        assert resource["Metadata"]["BuildMethod"] == "makefile"
+        assert resource["Properties"].get("CodeUri", globals_function.get("CodeUri")) == "functions/"
+    layer = template["Resources"]["DependenciesLayer"]
+    assert layer["Type"] == "AWS::Serverless::LayerVersion"
+    assert layer["Metadata"] == {"BuildMethod": "makefile", "BuildArchitecture": "arm64"}
+    assert layer["Properties"]["ContentUri"] == "layer/"
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.13"]
+    assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+
+
+@pytest.mark.parametrize(
+    ("logical_id", "handler", "timeout"),
+    [
+        (REACTOR, "cloudmap_reactor.handlers.task_state_change.lambda_handler", 30),
+        (POLLER, "cloudmap_reactor.handlers.health_poller.lambda_handler", 60),
+    ],
+)
+def test_function_settings(stack: Stack, logical_id: str, handler: str, timeout: int) -> None:
+    function = stack.properties(logical_id)
+    assert function["Handler"] == handler
+    assert function["Runtime"] == "python3.13"
+    assert function["Architectures"] == ["arm64"]
+    assert function["Timeout"] == timeout
+    assert function["MemorySize"] == 256
+    assert function["TracingConfig"] == {"Mode": "Active"}
+    layers = function["Layers"]
+    assert len(layers) == 1
+    assert stack.resources[layers[0].removeprefix("<Ref:").removesuffix(">")]["Type"] == "AWS::Lambda::LayerVersion"
+
+
+def test_environment(stack: Stack) -> None:
+    shared = {
+        "CLUSTER_ARNS": "",
+        "DRY_RUN": "false",
+        "LOG_LEVEL": "INFO",
+        "POWERTOOLS_SERVICE_NAME": SERVICE,
+        "POWERTOOLS_METRICS_NAMESPACE": "CloudMapReactor",
+    }
+    reactor_env = stack.properties(REACTOR)["Environment"]["Variables"]
+    poller_env = stack.properties(POLLER)["Environment"]["Variables"]
+    for env in (reactor_env, poller_env):
+        assert shared.items() <= env.items()
+        assert "POWERTOOLS_LOG_LEVEL" not in env
+    assert reactor_env["SERVICE_CACHE_TTL_SECONDS"] == "30"
+
+
+def test_environment_follows_parameters() -> None:
+    stack = Stack(
+        {
+            **WITH_CLUSTERS,
+            "DryRun": "true",
+            "LogLevel": "DEBUG",
+            "MetricsNamespace": "Custom/Reactor",
+            "ServiceCacheTtlSeconds": "5",
+        }
+    )
+    for logical_id in (REACTOR, POLLER):
+        env = stack.properties(logical_id)["Environment"]["Variables"]
+        assert env["CLUSTER_ARNS"] == ",".join(CLUSTERS)
+        assert env["DRY_RUN"] == "true"
+        assert env["LOG_LEVEL"] == "DEBUG"
+        assert env["POWERTOOLS_METRICS_NAMESPACE"] == "Custom/Reactor"
+        assert env["POWERTOOLS_SERVICE_NAME"] == SERVICE
+    assert stack.properties(REACTOR)["Environment"]["Variables"]["SERVICE_CACHE_TTL_SECONDS"] == "5"
+
+
+def test_poller_never_overlaps_and_is_never_retried(stack: Stack) -> None:
+    assert stack.properties(POLLER)["ReservedConcurrentExecutions"] == 1
+    assert "ReservedConcurrentExecutions" not in stack.properties(REACTOR)
+    configs = [
+        p for p in (r.get("Properties", {}) for r in stack.of_type("AWS::Lambda::EventInvokeConfig").values())
+        if p["FunctionName"] == f"<Ref:{POLLER}>"
+    ]  # fmt: skip
+    assert len(configs) == 1
+    assert configs[0]["MaximumRetryAttempts"] == 0
+
+
+@pytest.mark.parametrize(("logical_id", "suffix"), [(REACTOR, "task-state-reactor"), (POLLER, "health-poller")])
+def test_log_groups_have_retention(logical_id: str, suffix: str) -> None:
+    stack = Stack({"LogRetentionDays": "90"})
+    log_group_ref = stack.properties(logical_id)["LoggingConfig"]["LogGroup"]
+    log_group_id = log_group_ref.removeprefix("<Ref:").removesuffix(">")
+    log_group = stack.resources[log_group_id]
+    assert log_group["Type"] == "AWS::Logs::LogGroup"
+    assert log_group["Properties"]["RetentionInDays"] == "90"
+    assert log_group["Properties"]["LogGroupName"] == f"/aws/lambda/{STACK}-{suffix}"
+
+
+# --------------------------------------------------------------------------------------------
+# Reactor: EventBridge rule, dead letters
+# --------------------------------------------------------------------------------------------
+
+
+def test_rule_pattern_takes_every_cluster_by_default(stack: Stack) -> None:
+    rule = stack.properties(RULE)
+    assert stack.resources[RULE]["Type"] == "AWS::Events::Rule"
+    assert rule["EventPattern"] == {
+        "source": ["aws.ecs"],
+        "detail-type": ["ECS Task State Change"],
+        "detail": {"desiredStatus": ["STOPPED"], "group": [{"prefix": "service:"}]},
+    }
+    assert rule.get("State", "ENABLED") == "ENABLED"
+
+
+def test_rule_pattern_is_limited_to_the_given_clusters(scoped_stack: Stack) -> None:
+    assert scoped_stack.properties(RULE)["EventPattern"] == {
+        "source": ["aws.ecs"],
+        "detail-type": ["ECS Task State Change"],
+        "detail": {
+            "desiredStatus": ["STOPPED"],
+            "group": [{"prefix": "service:"}],
+            "clusterArn": list(CLUSTERS),
+        },
+    }
+
+
+def test_rule_target_retries_then_dead_letters(stack: Stack) -> None:
+    (target,) = stack.properties(RULE)["Targets"]
+    assert target["Arn"] == f"<{REACTOR}.Arn>"
+    assert target["DeadLetterConfig"] == {"Arn": "<DeadLetterQueue.Arn>"}
+    retry = target["RetryPolicy"]
+    assert 0 < retry["MaximumRetryAttempts"] <= 185
+    assert 60 <= retry["MaximumEventAgeInSeconds"] <= 86400
+    permissions = [
+        p["Properties"] for p in stack.of_type("AWS::Lambda::Permission").values()
+        if p["Properties"]["FunctionName"] == f"<Ref:{REACTOR}>"
+    ]  # fmt: skip
+    assert permissions == [
+        {
+            "Action": "lambda:InvokeFunction",
+            "FunctionName": f"<Ref:{REACTOR}>",
+            "Principal": "events.amazonaws.com",
+            "SourceArn": f"<{RULE}.Arn>",
+        }
+    ]
+
+
+def test_reactor_failures_end_in_the_dead_letter_queue(stack: Stack) -> None:
+    assert stack.properties(REACTOR)["DeadLetterConfig"] == {"TargetArn": "<DeadLetterQueue.Arn>"}
+    configs = [
+        r["Properties"] for r in stack.of_type("AWS::Lambda::EventInvokeConfig").values()
+        if r["Properties"]["FunctionName"] == f"<Ref:{REACTOR}>"
+    ]  # fmt: skip
+    assert len(configs) == 1
+    assert configs[0]["MaximumRetryAttempts"] == 2
+    # An OnFailure destination, if one is ever added, must be the same queue.
+    on_failure = configs[0].get("DestinationConfig", {}).get("OnFailure")
+    assert on_failure in (None, {"Destination": "<DeadLetterQueue.Arn>"})
+    # The function's role may send to the queue.
+    sends = [s for s in role_statements(stack, REACTOR) if "sqs:SendMessage" in actions(s)]
+    assert [s["Resource"] for s in sends] == ["<DeadLetterQueue.Arn>"]
+
+
+def test_dead_letter_queue_is_encrypted_and_keeps_messages_14_days(stack: Stack) -> None:
+    assert stack.resources["DeadLetterQueue"]["Type"] == "AWS::SQS::Queue"
+    queue = stack.properties("DeadLetterQueue")
+    assert queue.get("SqsManagedSseEnabled") is True or queue.get("KmsMasterKeyId")
+    assert queue["MessageRetentionPeriod"] == 14 * 24 * 3600
+
+
+def test_only_the_rule_may_send_dead_letters(stack: Stack) -> None:
+    policies = [
+        p["Properties"] for p in stack.of_type("AWS::SQS::QueuePolicy").values()
+        if "<Ref:DeadLetterQueue>" in p["Properties"]["Queues"]
+    ]  # fmt: skip
+    assert len(policies) == 1
+    statements = policies[0]["PolicyDocument"]["Statement"]
+    allows = [s for s in statements if s["Effect"] == "Allow"]
+    assert len(allows) == 1
+    (allow,) = allows
+    assert allow["Principal"] == {"Service": "events.amazonaws.com"}
+    assert actions(allow) == ["sqs:SendMessage"]
+    assert allow["Resource"] == "<DeadLetterQueue.Arn>"
+    assert allow["Condition"] == {"ArnEquals": {"aws:SourceArn": f"<{RULE}.Arn>"}}
+
+
+# --------------------------------------------------------------------------------------------
+# Poller schedule
+# --------------------------------------------------------------------------------------------
+
+
+def test_schedule(stack: Stack) -> None:
+    assert stack.resources[SCHEDULE]["Type"] == "AWS::Scheduler::Schedule"
+    schedule = stack.properties(SCHEDULE)
+    assert schedule["ScheduleExpression"] == "rate(1 minute)"
+    assert schedule["FlexibleTimeWindow"] == {"Mode": "OFF"}
+    assert schedule.get("State", "ENABLED") == "ENABLED"
+    assert "Name" not in schedule, "a fixed schedule name clashes between two stacks"
+    target = schedule["Target"]
+    assert target["Arn"] == f"<{POLLER}.Arn>"
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] == 0
+    assert json.loads(target["Input"]) == {
+        "id": "<aws.scheduler.execution-id>",
+        "time": "<aws.scheduler.scheduled-time>",
+        "schedule-arn": "<aws.scheduler.schedule-arn>",
+        "attempt": "<aws.scheduler.attempt-number>",
+    }
+    role = stack.properties(target["RoleArn"].removeprefix("<").removesuffix(".Arn>"))
+    statements = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+    assert [(actions(s), s["Resource"]) for s in statements] == [(["lambda:InvokeFunction"], f"<{POLLER}.Arn>")]
+
+
+def test_schedule_expression_is_a_parameter() -> None:
+    stack = Stack({"PollSchedule": "rate(2 minutes)"})
+    assert stack.properties(SCHEDULE)["ScheduleExpression"] == "rate(2 minutes)"
+
+
+# --------------------------------------------------------------------------------------------
+# IAM
+# --------------------------------------------------------------------------------------------
+
+
+def actions(statement: Mapping[str, Json]) -> list[str]:
+    value = statement.get("Action", [])
+    return [value] if isinstance(value, str) else list(value)
+
+
+def role_of(stack: Stack, function: str) -> dict[str, Json]:
+    role_arn = stack.properties(function)["Role"]
+    return stack.properties(role_arn.removeprefix("<").removesuffix(".Arn>"))
+
+
+def role_statements(stack: Stack, function: str) -> list[dict[str, Json]]:
+    role = role_of(stack, function)
+    return [s for policy in role.get("Policies", []) for s in policy["PolicyDocument"]["Statement"]]
+
+
+def all_policy_statements(stack: Stack) -> Iterator[tuple[str, dict[str, Json]]]:
+    for logical_id, resource in stack.resources.items():
+        props = resource.get("Properties", {})
+        if resource["Type"] == "AWS::IAM::Role":
+            for policy in props.get("Policies", []):
+                for statement in policy["PolicyDocument"]["Statement"]:
+                    yield logical_id, statement
+        elif resource["Type"] in {"AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"}:
+            for statement in props["PolicyDocument"]["Statement"]:
+                yield logical_id, statement
+
+
+@pytest.mark.parametrize("params", [{}, WITH_CLUSTERS], ids=["all-clusters", "given-clusters"])
+def test_no_wildcard_actions_anywhere(params: Params) -> None:
+    stack = Stack(params)
+    statements = list(all_policy_statements(stack))
+    assert statements
+    for logical_id, statement in statements:
+        assert "NotAction" not in statement, logical_id
+        assert statement["Effect"] == "Allow", logical_id
+        for action in actions(statement):
+            assert re.fullmatch(r"[a-z0-9-]+:[A-Za-z0-9]+", action), (
+                f"{logical_id}: {action!r} is not one explicit action"
+            )
+
+
+def test_roles_use_no_managed_policies_beyond_logs_and_xray(stack: Stack) -> None:
+    for function in (REACTOR, POLLER):
+        assert sorted(role_of(stack, function)["ManagedPolicyArns"]) == [
+            "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess",
+            "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
+        ]
+
+
+ECS_SERVICES = sub("arn:aws:ecs:{region}:{account}:service/*")
+ECS_TASKS = sub("arn:aws:ecs:{region}:{account}:task/*")
+CLOUDMAP_SERVICES = sub("arn:aws:servicediscovery:{region}:{account}:service/*")
+
+
+def grants(stack: Stack, function: str) -> dict[str, list[tuple[Json, Json]]]:
+    """action -> [(Resource, Condition)] over the function role's inline policies."""
+    result: dict[str, list[tuple[Json, Json]]] = {}
+    for statement in role_statements(stack, function):
+        for action in actions(statement):
+            result.setdefault(action, []).append((statement["Resource"], statement.get("Condition")))
+    return result
+
+
+@pytest.mark.parametrize("params", [{}, WITH_CLUSTERS], ids=["all-clusters", "given-clusters"])
+def test_reactor_permissions(params: Params) -> None:
+    assert grants(Stack(params), REACTOR) == {
+        "ecs:DescribeServices": [(ECS_SERVICES, None)],
+        "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
+        "sqs:SendMessage": [("<DeadLetterQueue.Arn>", None)],
+    }
+
+
+def test_poller_permissions_for_every_cluster(stack: Stack) -> None:
+    assert grants(stack, POLLER) == {
+        "ecs:ListClusters": [("*", None)],
+        "ecs:ListServices": [("*", None)],
+        "ecs:ListTasks": [("*", None)],
+        "ecs:DescribeServices": [(ECS_SERVICES, None)],
+        "ecs:DescribeTasks": [(ECS_TASKS, None)],
+        "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
+    }
+
+
+def test_poller_permissions_for_given_clusters(scoped_stack: Stack) -> None:
+    only_those_clusters = {"ArnEquals": {"ecs:cluster": list(CLUSTERS)}}
+    assert grants(scoped_stack, POLLER) == {
+        "ecs:ListServices": [("*", only_those_clusters)],
+        "ecs:ListTasks": [("*", only_those_clusters)],
+        "ecs:DescribeServices": [(ECS_SERVICES, None)],
+        "ecs:DescribeTasks": [(ECS_TASKS, None)],
+        "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Alarms, topic, dashboard, outputs
+# --------------------------------------------------------------------------------------------
+
+NAMESPACE = "Custom/CloudMapReactor"
+SERVICE_DIMENSION = [{"Name": "service", "Value": SERVICE}]
+ALARMS: dict[str, dict[str, Json]] = {
+    "DeregistrationErrorsAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "DeregistrationErrors",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Sum",
+        "Period": 60,
+        "EvaluationPeriods": 1,
+        "Threshold": 0,
+        "ComparisonOperator": "GreaterThanThreshold",
+        "TreatMissingData": "notBreaching",
+    },
+    "HealthPollerHeartbeatAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "HealthScanCompleted",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Sum",
+        "Period": 60,
+        "EvaluationPeriods": 3,
+        "DatapointsToAlarm": 3,
+        "Threshold": 1,
+        "ComparisonOperator": "LessThanThreshold",
+        "TreatMissingData": "breaching",
+    },
+    "TaskStateReactorErrorsAlarm": {
+        "Namespace": "AWS/Lambda",
+        "MetricName": "Errors",
+        "Dimensions": [{"Name": "FunctionName", "Value": f"<Ref:{REACTOR}>"}],
+        "Statistic": "Sum",
+        "Threshold": 0,
+        "ComparisonOperator": "GreaterThanThreshold",
+    },
+    "HealthPollerErrorsAlarm": {
+        "Namespace": "AWS/Lambda",
+        "MetricName": "Errors",
+        "Dimensions": [{"Name": "FunctionName", "Value": f"<Ref:{POLLER}>"}],
+        "Statistic": "Sum",
+        "Threshold": 0,
+        "ComparisonOperator": "GreaterThanThreshold",
+    },
+    "DeadLetterQueueAlarm": {
+        "Namespace": "AWS/SQS",
+        "MetricName": "ApproximateNumberOfMessagesVisible",
+        "Dimensions": [{"Name": "QueueName", "Value": "<DeadLetterQueue.QueueName>"}],
+        "Threshold": 0,
+        "ComparisonOperator": "GreaterThanThreshold",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def namespaced_stack() -> Stack:
+    return Stack({"MetricsNamespace": NAMESPACE})
+
+
+def test_exactly_the_expected_alarms(namespaced_stack: Stack) -> None:
+    assert set(namespaced_stack.of_type("AWS::CloudWatch::Alarm")) == set(ALARMS)
+
+
+@pytest.mark.parametrize("alarm_id", sorted(ALARMS))
+def test_alarm(namespaced_stack: Stack, alarm_id: str) -> None:
+    alarm = namespaced_stack.properties(alarm_id)
+    for key, value in ALARMS[alarm_id].items():
+        assert alarm[key] == value, f"{alarm_id}.{key}"
+    assert alarm["AlarmActions"] == ["<Ref:AlarmTopic>"]
+    assert alarm["OKActions"] == ["<Ref:AlarmTopic>"]
+    assert alarm.get("ActionsEnabled", True) is True
+    assert alarm["AlarmDescription"]
+
+
+def test_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use(stack: Stack) -> None:
+    topic = stack.properties("AlarmTopic")
+    key_ref = topic["KmsMasterKeyId"]
+    # CloudWatch cannot publish to a topic under the AWS managed key alias/aws/sns.
+    assert key_ref.startswith("<Ref:"), "the alarm topic needs a customer managed key"
+    key = stack.properties(key_ref.removeprefix("<Ref:").removesuffix(">"))
+    assert key["EnableKeyRotation"] is True
+    cloudwatch = [s for s in key["KeyPolicy"]["Statement"] if s["Principal"] == {"Service": "cloudwatch.amazonaws.com"}]
+    assert len(cloudwatch) == 1
+    assert sorted(actions(cloudwatch[0])) == ["kms:Decrypt", "kms:GenerateDataKey*"]
+
+    (policy,) = (
+        p["Properties"] for p in stack.of_type("AWS::SNS::TopicPolicy").values()
+        if p["Properties"]["Topics"] == ["<Ref:AlarmTopic>"]
+    )  # fmt: skip
+    (publish,) = policy["PolicyDocument"]["Statement"]
+    assert publish["Effect"] == "Allow"
+    assert publish["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert actions(publish) == ["sns:Publish"]
+    assert publish["Resource"] == "<Ref:AlarmTopic>"
+
+
+def test_email_subscription_only_with_an_address(stack: Stack) -> None:
+    assert stack.of_type("AWS::SNS::Subscription") == {}
+    subscribed = Stack({"AlarmEmail": "oncall@example.com"})
+    (subscription,) = subscribed.of_type("AWS::SNS::Subscription").values()
+    assert subscription["Properties"] == {
+        "TopicArn": "<Ref:AlarmTopic>",
+        "Protocol": "email",
+        "Endpoint": "oncall@example.com",
+    }
+
+
+def dashboard_metrics(stack: Stack) -> list[list[Json]]:
+    (dashboard,) = stack.of_type("AWS::CloudWatch::Dashboard").values()
+    body = json.loads(dashboard["Properties"]["DashboardBody"])
+    return [m for w in body["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"]]
+
+
+def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
+    metrics = dashboard_metrics(namespaced_stack)
+    custom = {tuple(m[1:-1] if isinstance(m[-1], dict) else m[1:]) for m in metrics if m[0] == NAMESPACE}
+    for reason in ("TaskStopping", "Unhealthy"):
+        assert ("TasksDeregistered", "service", SERVICE, "Reason", reason) in custom
+    for name in (
+        "DeregistrationErrors",
+        "InvalidEvents",
+        "HealthScanDuration",
+        "HealthScanCompleted",
+        "UnhealthyTasksFound",
+    ):
+        assert (name, "service", SERVICE) in custom, name
+    duration_stats = {m[-1].get("stat") for m in metrics if m[1] == "HealthScanDuration"}
+    assert duration_stats == {"Average", "Maximum"}
+    lambda_errors = {m[3] for m in metrics if m[:2] == ["AWS/Lambda", "Errors"]}
+    assert lambda_errors == {f"<Ref:{REACTOR}>", f"<Ref:{POLLER}>"}
+    assert ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", "<DeadLetterQueue.QueueName>"] in [
+        m[:4] for m in metrics
+    ]
+    assert all(m[0] in {NAMESPACE, "AWS/Lambda", "AWS/SQS"} for m in metrics), "namespace must follow the parameter"
+
+
+def test_outputs(stack: Stack) -> None:
+    outputs = {name: stack.resolve(o["Value"]) for name, o in stack.template["Outputs"].items()}
+    assert outputs["TaskStateReactorFunctionArn"] == f"<{REACTOR}.Arn>"
+    assert outputs["HealthPollerFunctionArn"] == f"<{POLLER}.Arn>"
+    assert outputs["DeadLetterQueueUrl"] == "<Ref:DeadLetterQueue>"
+    assert outputs["AlarmTopicArn"] == "<Ref:AlarmTopic>"
+    assert outputs["DashboardName"] == "<Ref:Dashboard>"
+    assert outputs["DashboardUrl"].startswith(f"https://{REGION}.console.aws.amazon.com/cloudwatch/")
+
+
+# --------------------------------------------------------------------------------------------
+# sam validate --lint
+# --------------------------------------------------------------------------------------------
+
+
+def sam_executable() -> str | None:
+    """The sam installed next to this Python (the project venv), else one on PATH."""
+    beside = Path(sys.executable).parent / ("sam.exe" if os.name == "nt" else "sam")
+    return str(beside) if beside.exists() else shutil.which("sam")
+
+
+def test_sam_validate_lint() -> None:
+    sam = sam_executable()
+    if sam is None:
+        pytest.skip("the sam CLI is not installed (pip install -r requirements-dev.txt)")
+    result = subprocess.run(
+        [sam, "validate", "--lint", "--template-file", str(TEMPLATE)],
+        cwd=ROOT,
+        env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is a valid SAM Template" in result.stdout
