@@ -68,9 +68,15 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     }
 
 
+def _message(error: Any) -> str:
+    if error["type"] == "string_pattern_mismatch":
+        return f"not in the expected format: {str(error['input'])[:200]!r}"
+    return str(error["msg"])
+
+
 def _summary(exc: Exception) -> str:
     """A bounded description of why validation failed (never the whole, possibly huge, input)."""
     if isinstance(exc, ValidationError):
-        parts = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]]
+        parts = [f"{'.'.join(str(p) for p in err['loc'])}: {_message(err)}" for err in exc.errors()[:5]]
         return "; ".join(parts)[:1000]
     return str(exc)[:1000]
