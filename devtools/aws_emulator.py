@@ -1,15 +1,20 @@
-"""Make moto's ECS answer the way real ECS does for Service Connect services. Used by every test and the demo.
+"""Make moto's ECS answer the way real ECS does for Service Connect. Used by the tests, the demo and the bench.
 
-moto (the local AWS emulator) has four gaps that matter here, and this module closes each the
-way AWS behaves, without touching our code under test:
+moto (the local AWS emulator) differs from ECS in ways that matter here; this module closes each
+gap the way AWS behaves, without touching our code under test:
 
 1. Deployments carry no ``serviceConnectResources``: ``FleetBuilder.create_service`` writes them
    on the service's deployments, as ECS does when Service Connect is on.
 2. No API can set a task's ``healthStatus``: ``FleetBuilder.set_health`` sets it; new tasks answer
    ``UNKNOWN`` (AWS's value for a task without a container health check).
 3. ``ListTasks(serviceName=…)`` is ignored: ``aws_like_ecs`` filters on the task's ``group``.
-4. Tasks walk their lifecycle one step on every ``DescribeTasks``: ``aws_like_ecs`` sets moto's
-   state manager to manual, so a task stays where ECS would leave it.
+4. ``DescribeTasks`` walks a task one lifecycle step per call, looks in every cluster, scans every
+   task for every id, and takes any number of tasks: ``aws_like_ecs`` answers from the named
+   cluster only, by id, without touching the task, and refuses more than 100 tasks (AWS's limit).
+   ``DescribeServices`` likewise refuses more than 10 services.
+5. ``ListTasks``, ``ListServices`` and ``ListClusters`` ignore ``maxResults``/``nextToken`` and
+   return everything at once: ``aws_like_ecs`` pages them as AWS does (at most 100 per page;
+   ListServices defaults to 10), so call counts measured here are the ones AWS would see.
 
 Everything else goes through the real AWS APIs (boto3 against moto): clusters, task definitions,
 ``RunTask`` with ``group="service:<name>"`` (what the ECS scheduler does for a service's tasks),
@@ -21,48 +26,92 @@ started in the same process (the demo).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 from moto.core.models import DEFAULT_ACCOUNT_ID
+from moto.core.responses import ActionResult
 from moto.ecs import models as ecs_models
-from moto.moto_api import state_manager
+from moto.ecs.exceptions import InvalidParameterException
+from moto.ecs.responses import EC2ContainerServiceResponse
 
 if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
     from mypy_boto3_servicediscovery import ServiceDiscoveryClient
 
 HEALTH_STATUSES = ("HEALTHY", "UNHEALTHY", "UNKNOWN")
-# moto advances a "manual" state after this many describes; ECS never does on its own.
-_NEVER = 10**12
+MAX_DESCRIBE_TASKS = 100
+MAX_DESCRIBE_SERVICES = 10
+# List operation -> (result key, AWS's default page size). AWS's maximum page size is 100.
+_PAGED = {"list_tasks": ("taskArns", 100), "list_services": ("serviceArns", 10), "list_clusters": ("clusterArns", 100)}
 
 
 @contextmanager
 def aws_like_ecs() -> Iterator[None]:
-    """Patch moto's ECS backend to behave like ECS for the duration (gaps 2-4 of the module doc)."""
-    backend_cls = ecs_models.EC2ContainerServiceBackend
-    original_list_tasks = backend_cls.list_tasks
+    """Patch moto's ECS to behave like ECS for the duration (gaps 2-5 of the module doc)."""
+    backend = ecs_models.EC2ContainerServiceBackend
+    with ExitStack() as patches:
+        patches.enter_context(mock.patch.object(ecs_models.Task, "health_status", "UNKNOWN", create=True))
+        patches.enter_context(mock.patch.object(backend, "list_tasks", _list_tasks_by_service(backend.list_tasks)))
+        patches.enter_context(mock.patch.object(backend, "describe_tasks", _describe_tasks))
+        patches.enter_context(
+            mock.patch.object(backend, "describe_services", _at_most_10_services(backend.describe_services))
+        )
+        for operation, (key, default_page) in _PAGED.items():
+            original = getattr(EC2ContainerServiceResponse, operation)
+            patches.enter_context(
+                mock.patch.object(EC2ContainerServiceResponse, operation, _paged(original, key, default_page))
+            )
+        yield
 
+
+def _list_tasks_by_service(original: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
     def list_tasks(self: Any, *args: Any, service_name: str | None = None, **kwargs: Any) -> list[Any]:
-        tasks: list[Any] = original_list_tasks(self, *args, **kwargs)
+        tasks = original(self, *args, **kwargs)
         if service_name:
             tasks = [t for t in tasks if t.group == f"service:{service_name.split('/')[-1]}"]
         return tasks
 
-    had_health = hasattr(ecs_models.Task, "health_status")
-    backend_cls.list_tasks = list_tasks  # type: ignore[method-assign]
-    ecs_models.Task.health_status = "UNKNOWN"  # type: ignore[attr-defined]
-    state_manager.set_transition(model_name="ecs::task", transition={"progression": "manual", "times": _NEVER})
-    try:
-        yield
-    finally:
-        backend_cls.list_tasks = original_list_tasks  # type: ignore[method-assign]
-        if not had_health:
-            del ecs_models.Task.health_status  # type: ignore[attr-defined]
-        state_manager.unset_transition(model_name="ecs::task")
+    return list_tasks
+
+
+def _describe_tasks(self: Any, cluster_str: str, tasks: list[str]) -> list[Any]:
+    cluster = self._get_cluster(cluster_str)
+    if not tasks:
+        raise InvalidParameterException("Tasks cannot be empty.")
+    if len(tasks) > MAX_DESCRIBE_TASKS:
+        raise InvalidParameterException(f"Tasks can have at most {MAX_DESCRIBE_TASKS} items.")
+    by_id = {task.id: task for task in self.tasks.get(cluster.name, {}).values()}
+    wanted = (arn.rsplit("/", 1)[-1] for arn in tasks)
+    return [by_id[task_id] for task_id in wanted if task_id in by_id]
+
+
+def _at_most_10_services(original: Callable[..., Any]) -> Callable[..., Any]:
+    def describe_services(self: Any, cluster_str: str, names: list[str]) -> Any:
+        if len(names) > MAX_DESCRIBE_SERVICES:
+            raise InvalidParameterException(f"Services can have at most {MAX_DESCRIBE_SERVICES} items.")
+        return original(self, cluster_str, names)
+
+    return describe_services
+
+
+def _paged(original: Callable[..., ActionResult], key: str, default_page: int) -> Callable[..., ActionResult]:
+    def list_page(self: Any) -> ActionResult:
+        everything: list[str] = original(self).result[key]  # type: ignore[index]
+        page_size = int(self._get_param("maxResults") or default_page)
+        if not 1 <= page_size <= 100:
+            raise InvalidParameterException("maxResults must be between 1 and 100.")
+        start = int(self._get_param("nextToken") or 0)
+        body: dict[str, Any] = {key: everything[start : start + page_size]}
+        if start + page_size < len(everything):
+            body["nextToken"] = str(start + page_size)
+        return ActionResult(body)
+
+    return list_page
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,62 @@ def read_output(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFix
         return Output(metrics=emitted, logs=logs)
 
     return read
+
+
+@dataclass
+class ApiCalls:
+    """Counts the AWS API calls a client makes (one per operation call, not per retry)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def __call__(self, model: Any, **_: Any) -> None:
+        self.counts[model.name] += 1
+
+    def total(self, *operations: str) -> int:
+        return sum(self.counts[o] for o in operations) if operations else sum(self.counts.values())
+
+    def reset(self) -> None:
+        self.counts.clear()
+
+
+def count_calls(client: Any) -> ApiCalls:
+    calls = ApiCalls()
+    client.meta.events.register("before-call", calls)
+    return calls
+
+
+@dataclass
+class FakeTime:
+    """A clock for PollLoop: every reading moves it ``step`` seconds on; ``sleep`` moves it too."""
+
+    step: float = 5.0
+    now: float = 0.0
+    slept: list[float] = field(default_factory=list)
+    on_sleep: Any = None
+
+    def clock(self) -> float:
+        value = self.now
+        self.now += self.step
+        return value
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        if self.on_sleep:
+            self.on_sleep()
+
+
+@pytest.fixture
+def fake_time(mocker: Any) -> FakeTime:
+    """Run the poller's PollLoop on fake time (nothing else sees it)."""
+    from cloudmap_reactor.core.poll_loop import PollLoop
+
+    fake = FakeTime()
+    mocker.patch(
+        "cloudmap_reactor.handlers.health_poller.PollLoop",
+        lambda **kwargs: PollLoop(**kwargs, clock=fake.clock, sleep=fake.sleep),
+    )
+    return fake
 
 
 def load_event(name: str) -> dict[str, Any]:

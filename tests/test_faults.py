@@ -122,3 +122,37 @@ def test_persistent_fault_is_retried_then_raised_for_the_dead_letter_queue(
     assert faults.attempts == TOTAL_MAX_ATTEMPTS
     assert len(aws.instance_ids(orders.cloudmap_service_ids[0])) == 2
     assert read_output().metrics.value("DeregistrationErrors") == 1
+
+
+class Throttled(JsonRESTError):
+    def __init__(self) -> None:
+        super().__init__("ThrottlingException", "Rate exceeded")
+
+
+def test_poller_throttled_beyond_botocore_retries_finishes_late_rather_than_failing(
+    aws: FleetBuilder, orders: SeededService, lambda_context: FakeLambdaContext, mocker: Any
+) -> None:
+    from moto.ecs.models import EC2ContainerServiceBackend
+
+    from cloudmap_reactor import wiring
+    from cloudmap_reactor.handlers import health_poller
+    from tests.conftest import load_event
+
+    mocker.patch("cloudmap_reactor.adapters.ecs.THROTTLE_BACKOFF_SECONDS", 0)
+    aws.set_health(orders.task_arns[0], "UNHEALTHY")
+    faults = Faults(TOTAL_MAX_ATTEMPTS + 2)  # more than botocore alone retries
+    real = EC2ContainerServiceBackend.describe_tasks
+
+    def describe_tasks(self: Any, cluster: str, tasks: list[str]) -> Any:
+        if faults.should_fail():
+            raise Throttled
+        return real(self, cluster, tasks)
+
+    mocker.patch.object(EC2ContainerServiceBackend, "describe_tasks", describe_tasks)
+
+    result = health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
+
+    assert result["status"] == "completed"
+    assert faults.attempts == TOTAL_MAX_ATTEMPTS + 3
+    assert aws.instance_ids(orders.cloudmap_service_ids[0]) == {orders.task_arns[1].rsplit("/", 1)[-1]}
+    assert wiring.poller_deps().ecs_budget._penalty_until > 0

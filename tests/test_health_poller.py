@@ -11,7 +11,7 @@ from cloudmap_reactor import wiring
 from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client
 from cloudmap_reactor.handlers import health_poller
 from devtools.aws_emulator import FleetBuilder, SeededService
-from tests.conftest import FakeLambdaContext, load_event
+from tests.conftest import FakeLambdaContext, FakeTime, count_calls, load_event
 
 
 def poll(context: FakeLambdaContext) -> dict[str, Any]:
@@ -127,24 +127,64 @@ def test_scans_every_cluster_by_default_and_only_the_configured_ones_otherwise(
     assert aws.instance_ids(staging.cloudmap_service_ids[0]) == ids(staging.task_arns[1])
 
 
-def test_api_calls_are_batched_at_the_api_maximum(
-    aws: FleetBuilder, lambda_context: FakeLambdaContext, mocker: Any
+def test_first_pass_reads_services_then_each_pass_costs_the_batching_floor(
+    aws: FleetBuilder, env: pytest.MonkeyPatch, lambda_context: FakeLambdaContext, fake_time: FakeTime
 ) -> None:
+    """23 services, 250 tasks: 3 pages of ListTasks and 3 DescribeTasks per pass, services read once."""
+    env.setenv("POLL_WINDOW_SECONDS", "40")
+    env.setenv("POLL_INTERVAL_SECONDS", "10")
+    env.setenv("SERVICE_REFRESH_PASSES", "100")
     aws.create_cluster("big")
     services = [aws.create_service("big", f"svc-{i:02d}", discovery_names=[f"svc-{i:02d}"]) for i in range(23)]
-    for service in services[:3]:
-        aws.start_tasks(service, 70)  # 210 tasks: 3 pages of ListTasks, 3 DescribeTasks
-    ecs = ecs_client()
-    describe_services = mocker.spy(ecs, "describe_services")
-    describe_tasks = mocker.spy(ecs, "describe_tasks")
-    deregister = mocker.spy(cloudmap_client(), "deregister_instance")
+    for service in services[:5]:
+        aws.start_tasks(service, 50)
+    ecs = count_calls(ecs_client())
+    cloudmap = count_calls(cloudmap_client())
+    sizes: dict[str, list[int]] = {"DescribeServices": [], "DescribeTasks": []}
+
+    def batch_size(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name in sizes:
+            sizes[model.name].append(len(params.get("services") or params.get("tasks") or []))
+
+    ecs_client().meta.events.register("provide-client-params.ecs", batch_size)
 
     result = poll(lambda_context)
 
-    assert result["tasks_examined"] == 210
-    assert [len(c.kwargs["services"]) for c in describe_services.call_args_list] == [10, 10, 3]
-    assert [len(c.kwargs["tasks"]) for c in describe_tasks.call_args_list] == [100, 100, 10]
-    assert deregister.call_count == 0
+    passes = result["passes"]
+    assert passes >= 2
+    assert result["tasks_examined"] == 250 * passes
+    assert ecs.counts["ListServices"] == 1  # 23 services fit in one page of 100
+    assert sizes["DescribeServices"] == [10, 10, 3]  # first pass only
+    assert ecs.counts["ListTasks"] == 3 * passes
+    assert sizes["DescribeTasks"] == [100, 100, 50] * passes
+    assert cloudmap.total() == 0
+
+
+def test_a_service_created_between_passes_is_described_once(
+    aws: FleetBuilder,
+    orders: SeededService,
+    env: pytest.MonkeyPatch,
+    lambda_context: FakeLambdaContext,
+    fake_time: FakeTime,
+) -> None:
+    env.setenv("POLL_WINDOW_SECONDS", "40")
+    env.setenv("SERVICE_REFRESH_PASSES", "100")
+    ecs = count_calls(ecs_client())
+    created: list[SeededService] = []
+
+    def new_service() -> None:  # between passes, a new Service Connect service starts its tasks
+        if not created:
+            created.append(aws.create_service("prod", "search", discovery_names=["search"]))
+            aws.set_health(aws.start_tasks(created[0], 2)[0], "UNHEALTHY")
+
+    fake_time.on_sleep = new_service
+
+    result = poll(lambda_context)
+
+    assert result["passes"] >= 2
+    assert ecs.counts["ListServices"] == 1
+    assert ecs.counts["DescribeServices"] == 2  # orders on the first pass, search when its tasks appeared
+    assert aws.instance_ids(created[0].cloudmap_service_ids[0]) == ids(created[0].task_arns[1])
 
 
 def test_a_failing_cluster_does_not_stop_the_others_and_withholds_the_heartbeat(

@@ -317,6 +317,14 @@ def test_environment(stack: Stack) -> None:
         assert shared.items() <= env.items()
         assert "POWERTOOLS_LOG_LEVEL" not in env
     assert reactor_env["SERVICE_CACHE_TTL_SECONDS"] == "30"
+    assert poller_env["POLL_SCHEDULE"] == "rate(1 minute)"
+    assert poller_env["POLL_INTERVAL_SECONDS"] == "10"
+    assert poller_env["POLL_WINDOW_SECONDS"] == "auto"
+    assert poller_env["ECS_READS_PER_SECOND"] == "10"
+    # Whatever the template passes, the poller accepts at cold start and polls for 50 s of 60.
+    settings = Settings.from_env({k: str(v) for k, v in poller_env.items()})
+    assert settings.poll_schedule_seconds == 60
+    assert settings.poll_window_seconds is None
 
 
 def test_environment_follows_parameters() -> None:
@@ -327,6 +335,9 @@ def test_environment_follows_parameters() -> None:
             "LogLevel": "DEBUG",
             "MetricsNamespace": "Custom/Reactor",
             "ServiceCacheTtlSeconds": "5",
+            "PollIntervalSeconds": "5",
+            "PollWindowSeconds": "0",
+            "EcsReadsPerSecond": "0",
         }
     )
     for logical_id in (REACTOR, POLLER):
@@ -337,6 +348,9 @@ def test_environment_follows_parameters() -> None:
         assert env["POWERTOOLS_METRICS_NAMESPACE"] == "Custom/Reactor"
         assert env["POWERTOOLS_SERVICE_NAME"] == SERVICE
     assert stack.properties(REACTOR)["Environment"]["Variables"]["SERVICE_CACHE_TTL_SECONDS"] == "5"
+    poller_env = stack.properties(POLLER)["Environment"]["Variables"]
+    assert (poller_env["POLL_INTERVAL_SECONDS"], poller_env["POLL_WINDOW_SECONDS"]) == ("5", "0")
+    assert poller_env["ECS_READS_PER_SECOND"] == "0"
 
 
 def test_poller_never_overlaps_and_is_never_retried(stack: Stack) -> None:

@@ -30,6 +30,13 @@ class Settings:
     dry_run: bool = False
     log_level: str = "INFO"
     service_cache_ttl_seconds: float = 30.0
+    # Health poller
+    poll_interval_seconds: float = 10.0
+    poll_window_seconds: float | None = None  # None: sized from the schedule and the remaining time
+    poll_schedule_seconds: float | None = None  # period of a rate(...) POLL_SCHEDULE; None for cron(...)
+    service_refresh_passes: int = 6
+    ecs_reads_per_second: float = 10.0  # 0: no budget
+    scan_concurrency: int = 8
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -44,14 +51,18 @@ class Settings:
         if log_level not in _LOG_LEVELS:
             problems.append(f"LOG_LEVEL={log_level!r} is not one of {sorted(_LOG_LEVELS)}")
 
-        ttl_text = env.get("SERVICE_CACHE_TTL_SECONDS", "30").strip() or "30"
-        try:
-            ttl = float(ttl_text)
-            if not 0 <= ttl <= 3600:
-                raise ValueError
-        except ValueError:
-            problems.append(f"SERVICE_CACHE_TTL_SECONDS={ttl_text!r} must be a number of seconds from 0 to 3600")
-            ttl = 0.0
+        number = _NumberParser(env, problems)
+        ttl = number("SERVICE_CACHE_TTL_SECONDS", default=30, low=0, high=3600)
+        interval = number("POLL_INTERVAL_SECONDS", default=10, low=1, high=300)
+        window_text = env.get("POLL_WINDOW_SECONDS", "").strip().lower()
+        window = None if window_text in ("", "auto") else number("POLL_WINDOW_SECONDS", default=0, low=0, high=900)
+        refresh = int(number("SERVICE_REFRESH_PASSES", default=6, low=1, high=10_000, integer=True))
+        budget = number("ECS_READS_PER_SECOND", default=10, low=0, high=1000)
+        concurrency = int(number("SCAN_CONCURRENCY", default=8, low=1, high=64, integer=True))
+        schedule = env.get("POLL_SCHEDULE", "").strip()
+        schedule_seconds = schedule_period_seconds(schedule)
+        if schedule and schedule_seconds is None and not schedule.startswith("cron("):
+            problems.append(f"POLL_SCHEDULE={schedule!r} is neither rate(<n> <unit>) nor cron(...)")
 
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
@@ -60,11 +71,47 @@ class Settings:
             dry_run=dry_run,
             log_level=log_level,
             service_cache_ttl_seconds=ttl,
+            poll_interval_seconds=interval,
+            poll_window_seconds=window,
+            poll_schedule_seconds=schedule_seconds,
+            service_refresh_passes=refresh,
+            ecs_reads_per_second=budget,
+            scan_concurrency=concurrency,
         )
 
     def in_scope(self, cluster_arn: str) -> bool:
         """True when the cluster is one this deployment looks after."""
         return not self.cluster_arns or cluster_arn in self.cluster_arns
+
+
+_RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
+_UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+def schedule_period_seconds(expression: str) -> float | None:
+    """``rate(5 minutes)`` → 300; None for ``cron(...)`` or anything else."""
+    match = _RATE.fullmatch(expression.strip())
+    if not match:
+        return None
+    return float(int(match.group(1)) * _UNIT_SECONDS[match.group(2).rstrip("s")])
+
+
+@dataclass
+class _NumberParser:
+    env: Mapping[str, str]
+    problems: list[str]
+
+    def __call__(self, name: str, *, default: float, low: float, high: float, integer: bool = False) -> float:
+        text = self.env.get(name, "").strip() or str(default)
+        try:
+            value = float(text)
+            if not low <= value <= high or (integer and not value.is_integer()):
+                raise ValueError
+        except ValueError:
+            kind = "a whole number" if integer else "a number"
+            self.problems.append(f"{name}={text!r} must be {kind} from {low:g} to {high:g}")
+            return float(default)
+        return value
 
 
 def _parse_cluster_arns(raw: str, problems: list[str]) -> tuple[str, ...]:

@@ -6,13 +6,16 @@ message instead of failing at import. Tests call ``reset()`` to start from a cle
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 
 from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client, reset_clients
 from cloudmap_reactor.adapters.cloudmap import CloudMapDeregistrar
 from cloudmap_reactor.adapters.ecs import EcsReader
+from cloudmap_reactor.adapters.rate_limit import TokenBucket
 from cloudmap_reactor.config import Settings
+from cloudmap_reactor.core.health_scan import HealthScanner
 from cloudmap_reactor.core.service_cache import CachedServiceLookup
 from cloudmap_reactor.observability import logger
 
@@ -29,6 +32,18 @@ class PollerDeps:
     settings: Settings
     fleet: EcsReader
     remover: CloudMapDeregistrar
+    ecs_budget: TokenBucket
+
+    def new_scanner(self) -> HealthScanner:
+        """A scanner for one invocation: what it learns about services lasts that long."""
+        return HealthScanner(
+            fleet=self.fleet,
+            remover=self.remover,
+            cluster_arns=self.settings.cluster_arns,
+            dry_run=self.settings.dry_run,
+            refresh_every=self.settings.service_refresh_passes,
+            concurrency=self.settings.scan_concurrency,
+        )
 
 
 @cache
@@ -50,10 +65,15 @@ def reactor_deps() -> ReactorDeps:
 
 @cache
 def poller_deps() -> PollerDeps:
+    config = settings()
+    ecs = ecs_client()
+    budget = TokenBucket(config.ecs_reads_per_second)
+    budget.attach(ecs)
     return PollerDeps(
-        settings=settings(),
-        fleet=EcsReader(ecs_client()),
+        settings=config,
+        fleet=EcsReader(ecs, executor=ThreadPoolExecutor(max_workers=config.scan_concurrency)),
         remover=CloudMapDeregistrar(cloudmap_client()),
+        ecs_budget=budget,
     )
 
 

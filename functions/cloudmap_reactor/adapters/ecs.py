@@ -1,16 +1,24 @@
 """ECS reads: clusters, services (with their Cloud Map services) and tasks.
 
 Every list call goes through a paginator at the API's maximum page size, and every describe
-call is batched at the API's maximum (10 services, 100 tasks).
+call is batched at the API's maximum (10 services, 100 tasks). Task pages are described as they
+arrive, concurrently, so a cluster's scan takes about as long as walking its ListTasks pages.
+A call still throttled after botocore's retries is tried again later (the pass finishes late
+rather than failing), up to ``throttle_retries`` times.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from cloudmap_reactor.adapters.errors import aws_call
+from botocore.exceptions import ClientError
+
+from cloudmap_reactor.adapters.errors import aws_call, error_code
+from cloudmap_reactor.adapters.rate_limit import THROTTLING_CODES
 from cloudmap_reactor.core.model import EcsService, TaskSnapshot, cloudmap_service_id
 
 if TYPE_CHECKING:
@@ -19,50 +27,100 @@ if TYPE_CHECKING:
 DESCRIBE_SERVICES_BATCH = 10
 DESCRIBE_TASKS_BATCH = 100
 LIST_PAGE_SIZE = 100
+THROTTLE_BACKOFF_SECONDS = 2.0
+
+T = TypeVar("T")
 
 
 class EcsReader:
     """Read-only view of ECS in the core's terms."""
 
-    def __init__(self, client: ECSClient) -> None:
+    def __init__(
+        self,
+        client: ECSClient,
+        *,
+        executor: Executor | None = None,
+        throttle_retries: int = 3,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._client = client
+        self._executor = executor
+        self._throttle_retries = throttle_retries
+        self._sleep = sleep
 
     def list_cluster_arns(self) -> list[str]:
-        with aws_call("ListClusters"):
-            pages = self._client.get_paginator("list_clusters").paginate(PaginationConfig={"PageSize": LIST_PAGE_SIZE})
-            return [arn for page in pages for arn in page.get("clusterArns", [])]
+        return self._call("ListClusters", None, lambda: self._list("list_clusters", "clusterArns"))
 
     def list_service_arns(self, cluster_arn: str) -> list[str]:
-        with aws_call("ListServices", cluster_arn):
-            pages = self._client.get_paginator("list_services").paginate(
-                cluster=cluster_arn, PaginationConfig={"PageSize": LIST_PAGE_SIZE}
-            )
-            return [arn for page in pages for arn in page.get("serviceArns", [])]
+        return self._call(
+            "ListServices", cluster_arn, lambda: self._list("list_services", "serviceArns", cluster=cluster_arn)
+        )
 
     def describe_services(self, cluster_arn: str, service_names_or_arns: Sequence[str]) -> list[EcsService]:
         services: list[EcsService] = []
         for batch in _chunks(service_names_or_arns, DESCRIBE_SERVICES_BATCH):
-            with aws_call("DescribeServices", cluster_arn):
-                response = self._client.describe_services(cluster=cluster_arn, services=batch)
-            services.extend(_to_ecs_service(cluster_arn, raw) for raw in response.get("services", []))
+            services.extend(self._describe_services(cluster_arn, batch))
         return services
 
-    def list_running_task_arns(self, cluster_arn: str) -> list[str]:
-        with aws_call("ListTasks", cluster_arn):
-            pages = self._client.get_paginator("list_tasks").paginate(
-                cluster=cluster_arn,
-                desiredStatus="RUNNING",
-                PaginationConfig={"PageSize": LIST_PAGE_SIZE},
-            )
-            return [arn for page in pages for arn in page.get("taskArns", [])]
-
     def describe_tasks(self, cluster_arn: str, task_arns: Iterable[str]) -> list[TaskSnapshot]:
-        tasks: list[TaskSnapshot] = []
-        for batch in _chunks(task_arns, DESCRIBE_TASKS_BATCH):
-            with aws_call("DescribeTasks", cluster_arn):
-                response = self._client.describe_tasks(cluster=cluster_arn, tasks=batch)
-            tasks.extend(_to_task_snapshot(cluster_arn, raw) for raw in response.get("tasks", []))
-        return tasks
+        batches = _chunks(task_arns, DESCRIBE_TASKS_BATCH)
+        return [task for batch in batches for task in self._describe(cluster_arn, batch)]
+
+    def describe_running_tasks(self, cluster_arn: str) -> list[TaskSnapshot]:
+        """List the tasks whose desired status is RUNNING and describe them, one page at a time.
+
+        Each page of ``ListTasks`` (100 ARNs) is handed to the executor for ``DescribeTasks`` while
+        the next page is fetched: the two call chains overlap instead of adding up.
+        """
+
+        def walk() -> list[TaskSnapshot]:
+            pages = self._client.get_paginator("list_tasks").paginate(
+                cluster=cluster_arn, desiredStatus="RUNNING", PaginationConfig={"PageSize": LIST_PAGE_SIZE}
+            )
+            pending: list[Future[list[TaskSnapshot]]] = []
+            done: list[TaskSnapshot] = []
+            for page in pages:
+                for batch in _chunks(page.get("taskArns", []), DESCRIBE_TASKS_BATCH):
+                    if self._executor is None:
+                        done.extend(self._describe(cluster_arn, batch))
+                    else:
+                        pending.append(self._executor.submit(self._describe, cluster_arn, batch))
+            return done + [task for future in pending for task in future.result()]
+
+        return self._call("ListTasks", cluster_arn, walk)
+
+    # -- internals -------------------------------------------------------------------------
+    def _describe_services(self, cluster_arn: str, batch: list[str]) -> list[EcsService]:
+        def call() -> Any:
+            return self._client.describe_services(cluster=cluster_arn, services=batch)
+
+        response = self._call("DescribeServices", cluster_arn, call)
+        return [_to_ecs_service(cluster_arn, raw) for raw in response.get("services", [])]
+
+    def _describe(self, cluster_arn: str, batch: list[str]) -> list[TaskSnapshot]:
+        response = self._call(
+            "DescribeTasks", cluster_arn, lambda: self._client.describe_tasks(cluster=cluster_arn, tasks=batch)
+        )
+        return [_to_task_snapshot(cluster_arn, raw) for raw in response.get("tasks", [])]
+
+    def _list(self, operation: str, key: str, **kwargs: Any) -> list[str]:
+        paginator = self._client.get_paginator(operation)  # type: ignore[call-overload]
+        pages = paginator.paginate(**kwargs, PaginationConfig={"PageSize": LIST_PAGE_SIZE})
+        return [item for page in pages for item in page.get(key, [])]
+
+    def _call(self, operation: str, target: str | None, fn: Callable[[], T]) -> T:
+        """Run ``fn``; when ECS still throttles after botocore's retries, wait and try again."""
+        for attempt in range(self._throttle_retries + 1):
+            try:
+                with aws_call(operation, target):
+                    return fn()
+            except Exception as exc:
+                cause = exc.__cause__
+                throttled = isinstance(cause, ClientError) and error_code(cause) in THROTTLING_CODES
+                if not throttled or attempt == self._throttle_retries:
+                    raise
+            self._sleep(THROTTLE_BACKOFF_SECONDS * 2**attempt)
+        raise AssertionError("unreachable")
 
 
 def _to_ecs_service(cluster_arn: str, raw: Any) -> EcsService:

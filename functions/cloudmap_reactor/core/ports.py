@@ -35,8 +35,8 @@ class FleetReader(ServiceDirectory, Protocol):
 
     def list_service_arns(self, cluster_arn: str) -> list[str]: ...
 
-    def list_running_task_arns(self, cluster_arn: str) -> list[str]:
-        """Tasks whose desired status is RUNNING."""
+    def describe_running_tasks(self, cluster_arn: str) -> list[TaskSnapshot]:
+        """Every task of the cluster whose desired status is RUNNING, described."""
         ...
 
     def describe_tasks(self, cluster_arn: str, task_arns: Iterable[str]) -> list[TaskSnapshot]: ...

@@ -1,9 +1,11 @@
 """Health poller: on a schedule, take UNHEALTHY running tasks out of Cloud Map.
 
 ECS starts a replacement before it stops an unhealthy task, so without this an unhealthy task can
-keep receiving Service Connect traffic for minutes. A pass that could not read every cluster
-still finishes the others, then fails the invocation (Lambda ``Errors`` alarm) and withholds the
-``HealthScanCompleted`` heartbeat.
+keep receiving Service Connect traffic for minutes. One invocation runs a pass every
+``POLL_INTERVAL_SECONDS`` until shortly before the next scheduled one. Metrics are flushed after
+each pass, so the ``HealthScanCompleted`` heartbeat is as fresh as the last complete pass. A pass
+that could not read every cluster still finishes the others; the invocation then fails (Lambda
+``Errors`` alarm) and that pass emits no heartbeat.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cloudmap_reactor import wiring
-from cloudmap_reactor.core.health_scan import run_health_pass
+from cloudmap_reactor.core.health_scan import ClusterFailure, HealthPassResult
+from cloudmap_reactor.core.poll_loop import PollLoop, poll_window_seconds
 from cloudmap_reactor.handlers.reporting import report_deregistrations
 from cloudmap_reactor.observability import MetricName, count, logger, metrics, tracer
 
 
 class HealthScanIncomplete(RuntimeError):
-    """Some clusters could not be read; the rest of the pass was still done."""
+    """Some clusters could not be read; the rest of each pass was still done."""
 
 
 @metrics.log_metrics
@@ -30,15 +33,41 @@ class HealthScanIncomplete(RuntimeError):
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     deps = wiring.poller_deps()
-    started = time.perf_counter()
-    result = run_health_pass(
-        deps.settings.cluster_arns,
-        fleet=deps.fleet,
-        remover=deps.remover,
-        dry_run=deps.settings.dry_run,
+    settings = deps.settings
+    scanner = deps.new_scanner()
+    window = poll_window_seconds(
+        settings.poll_window_seconds,
+        settings.poll_schedule_seconds,
+        context.get_remaining_time_in_millis() / 1000,
     )
-    duration_ms = (time.perf_counter() - started) * 1000
+    failures: list[ClusterFailure] = []
+    totals = HealthPassResult()
 
+    def one_pass() -> None:
+        started = time.perf_counter()
+        result = scanner.run_pass()
+        _report_pass(result, duration_ms=(time.perf_counter() - started) * 1000, dry_run=settings.dry_run)
+        failures.extend(result.cluster_failures)
+        totals.merge(result)
+
+    passes = PollLoop(interval=settings.poll_interval_seconds, window=window).run(one_pass)
+    summary = {
+        "passes": passes,
+        "window_seconds": round(window, 1),
+        "tasks_examined": totals.tasks_examined,
+        "unhealthy_found": len(totals.unhealthy),
+        "deregistrations": len(totals.deregistrations),
+        "ecs_budget_wait_seconds": round(deps.ecs_budget.waited_seconds, 2),
+    }
+    if failures:
+        clusters = sorted({f.cluster_arn for f in failures})
+        raise HealthScanIncomplete(f"{len(clusters)} cluster(s) could not be scanned: {clusters}; {summary}")
+    logger.info("Health polling finished", extra=summary)
+    return {"status": "completed", **summary}
+
+
+def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool) -> None:
+    """Log and publish one pass at once, so the heartbeat is not held until the invocation ends."""
     for found in result.unhealthy:
         logger.warning(
             "Task is UNHEALTHY while RUNNING",
@@ -49,21 +78,23 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
             },
         )
     report_deregistrations(result.deregistrations)
+    for failure in result.cluster_failures:
+        logger.error("Could not scan cluster", extra={"cluster_arn": failure.cluster_arn, "error": failure.error})
     count(MetricName.UNHEALTHY_TASKS_FOUND, len(result.unhealthy))
     metrics.add_metric(name=MetricName.HEALTH_SCAN_DURATION.value, unit=MetricUnit.Milliseconds, value=duration_ms)
-    summary = {
-        "clusters_scanned": result.clusters_scanned,
-        "services_with_cloudmap": result.services_with_cloudmap,
-        "tasks_examined": result.tasks_examined,
-        "unhealthy_found": len(result.unhealthy),
-        "deregistrations": len(result.deregistrations),
-        "dry_run": deps.settings.dry_run,
-        "duration_ms": round(duration_ms, 1),
-    }
-    if not result.complete:
-        for failure in result.cluster_failures:
-            logger.error("Could not scan cluster", extra={"cluster_arn": failure.cluster_arn, "error": failure.error})
-        raise HealthScanIncomplete(f"{len(result.cluster_failures)} cluster(s) could not be scanned: {summary}")
-    count(MetricName.HEALTH_SCAN_COMPLETED)
-    logger.info("Health scan completed", extra=summary)
-    return {"status": "completed", **summary}
+    if result.complete:
+        count(MetricName.HEALTH_SCAN_COMPLETED)
+    logger.info(
+        "Health scan pass completed" if result.complete else "Health scan pass incomplete",
+        extra={
+            "clusters_scanned": result.clusters_scanned,
+            "services_with_cloudmap": result.services_with_cloudmap,
+            "services_described": result.services_described,
+            "tasks_examined": result.tasks_examined,
+            "unhealthy_found": len(result.unhealthy),
+            "deregistrations": len(result.deregistrations),
+            "dry_run": dry_run,
+            "duration_ms": round(duration_ms, 1),
+        },
+    )
+    metrics.flush_metrics()
