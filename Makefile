@@ -6,10 +6,14 @@ VENV   := .venv
 BIN    := $(CURDIR)/$(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements-dev.txt functions/requirements.txt | cksum | cut -d' ' -f1)
 
+# Only what the Lambda functions import: cold-import times are measured in here by `make bench`.
+RUNTIME_VENV := .venv-runtime
+RUNTIME_STAMP := $(RUNTIME_VENV)/.installed-$(shell cat functions/requirements.txt | cksum | cut -d' ' -f1)
+
 export SAM_CLI_TELEMETRY := 0
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help venv lint typecheck unit validate test demo demo-server build clean
+.PHONY: help venv lint typecheck unit validate test demo demo-server bench build clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,6 +26,12 @@ $(STAMP):
 	touch $@
 
 venv: $(STAMP)  ## Create .venv with everything below (only when the requirements changed)
+
+$(RUNTIME_STAMP):
+	rm -rf $(RUNTIME_VENV)
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet -r functions/requirements.txt
+	touch $@
 
 lint: venv  ## ruff: lint and formatting
 	$(BIN)/ruff check .
@@ -44,8 +54,11 @@ demo: venv  ## Replay events/ and one poll through the real handlers against a l
 demo-server: venv  ## Seed the local emulator on 127.0.0.1:5000 and keep it up for sam local invoke
 	$(BIN)/python -m devtools.demo --serve --port 5000
 
+bench: venv $(RUNTIME_STAMP)  ## Measure passes at 1k/5k/10k tasks, the reactor, detection, imports -> docs/benchmarks.*
+	$(BIN)/python -m devtools.bench --runtime-python $(RUNTIME_VENV)/bin/python
+
 build: venv  ## sam build (no Docker needed)
 	$(BIN)/sam build
 
 clean:  ## Remove the virtual environment and build output
-	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

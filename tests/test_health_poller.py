@@ -216,3 +216,26 @@ def test_a_failing_cluster_does_not_stop_the_others_and_withholds_the_heartbeat(
     assert output.metrics.value("HealthScanCompleted") == 0
     assert output.metrics.value("TasksDeregistered", Reason="Unhealthy") == 2
     assert "Could not scan cluster" in output.messages("ERROR")
+
+
+def test_a_task_still_unhealthy_on_later_passes_is_not_deregistered_again(
+    aws: FleetBuilder,
+    orders: SeededService,
+    env: pytest.MonkeyPatch,
+    lambda_context: FakeLambdaContext,
+    fake_time: FakeTime,
+    read_output: Any,
+) -> None:
+    """ECS keeps an UNHEALTHY task until its replacement runs: one DeregisterInstance per name, not per pass."""
+    env.setenv("POLL_WINDOW_SECONDS", "40")
+    aws.set_health(orders.task_arns[0], "UNHEALTHY")
+    cloudmap = count_calls(cloudmap_client())
+
+    result = poll(lambda_context)
+
+    assert result["passes"] >= 2
+    assert cloudmap.counts["DeregisterInstance"] == len(orders.cloudmap_service_ids)
+    output = read_output()
+    assert output.metrics.value("UnhealthyTasksFound") == result["passes"]
+    assert output.metrics.value("HealthScanCompleted") == result["passes"]
+    assert output.metrics.value("TasksDeregistered", Reason="Unhealthy") == 2

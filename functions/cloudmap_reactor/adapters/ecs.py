@@ -1,8 +1,9 @@
 """ECS reads: clusters, services (with their Cloud Map services) and tasks.
 
 Every list call goes through a paginator at the API's maximum page size, and every describe
-call is batched at the API's maximum (10 services, 100 tasks). Task pages are described as they
-arrive, concurrently, so a cluster's scan takes about as long as walking its ListTasks pages.
+call is batched at the API's maximum (10 services, 100 tasks). With an executor, describe
+batches run concurrently, and task pages are described as they arrive, so a cluster's scan
+takes about as long as walking its ListTasks pages.
 A call still throttled after botocore's retries is tried again later (the pass finishes late
 rather than failing), up to ``throttle_retries`` times.
 """
@@ -57,10 +58,11 @@ class EcsReader:
         )
 
     def describe_services(self, cluster_arn: str, service_names_or_arns: Sequence[str]) -> list[EcsService]:
-        services: list[EcsService] = []
-        for batch in _chunks(service_names_or_arns, DESCRIBE_SERVICES_BATCH):
-            services.extend(self._describe_services(cluster_arn, batch))
-        return services
+        batches = list(_chunks(service_names_or_arns, DESCRIBE_SERVICES_BATCH))
+        if self._executor is None or len(batches) < 2:
+            return [s for batch in batches for s in self._describe_services(cluster_arn, batch)]
+        futures = [self._executor.submit(self._describe_services, cluster_arn, batch) for batch in batches]
+        return [s for future in futures for s in future.result()]
 
     def describe_tasks(self, cluster_arn: str, task_arns: Iterable[str]) -> list[TaskSnapshot]:
         batches = _chunks(task_arns, DESCRIBE_TASKS_BATCH)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cloudmap_reactor.core.deregistration import deregister_task
-from cloudmap_reactor.core.model import Deregistration, EcsService, Reason, TaskSnapshot
+from cloudmap_reactor.core.model import Deregistration, EcsService, Outcome, Reason, TaskSnapshot
 from cloudmap_reactor.core.ports import AwsCallFailed, FleetReader, InstanceRemover
 
 UNHEALTHY = "UNHEALTHY"
@@ -109,6 +109,9 @@ class HealthScanner:
         self._clusters: list[str] | None = None
         self._clusters_listed_on = -1
         self._views: dict[str, _ClusterView] = {}
+        # Cloud Map services each task was already taken out of during this invocation: an
+        # UNHEALTHY task stays in ECS until it is replaced, and is not deregistered again each pass.
+        self._removed: dict[str, set[str]] = {}
 
     def run_pass(self) -> HealthPassResult:
         """One pass over every cluster; a cluster whose reads fail is recorded, the others still scanned."""
@@ -164,15 +167,19 @@ class HealthScanner:
         result.services_with_cloudmap = len(services)
         result.unhealthy = select_unhealthy(tasks, services)
         for found_task in result.unhealthy:
-            result.deregistrations.extend(
-                deregister_task(
-                    cluster_arn=cluster_arn,
-                    service_name=found_task.service.service_name,
-                    task_arn=found_task.task.task_arn,
-                    cloudmap_service_ids=found_task.service.cloudmap_service_ids,
-                    reason=Reason.UNHEALTHY,
-                    remover=self._remover,
-                    dry_run=self._dry_run,
-                )
+            removed = self._removed.setdefault(found_task.task.task_arn, set())
+            pending = found_task.service.cloudmap_service_ids - removed
+            if not pending:
+                continue
+            records = deregister_task(
+                cluster_arn=cluster_arn,
+                service_name=found_task.service.service_name,
+                task_arn=found_task.task.task_arn,
+                cloudmap_service_ids=pending,
+                reason=Reason.UNHEALTHY,
+                remover=self._remover,
+                dry_run=self._dry_run,
             )
+            removed.update(r.cloudmap_service_id for r in records if r.outcome is not Outcome.FAILED)
+            result.deregistrations.extend(records)
         return result

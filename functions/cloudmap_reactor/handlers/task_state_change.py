@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.parser import ValidationError, parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cloudmap_reactor import wiring
 from cloudmap_reactor.core.reactor import StoppingTask, handle_stopping_task
-from cloudmap_reactor.events import TaskStateChangeEvent
+from cloudmap_reactor.events import InvalidEvent, parse_task_state_change
 from cloudmap_reactor.handlers.reporting import report_deregistrations
 from cloudmap_reactor.observability import MetricName, count, logger, metrics, tracer
 
@@ -32,24 +31,23 @@ class DeregistrationFailed(RuntimeError):
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     deps = wiring.reactor_deps()
     try:
-        parsed = parse(event=event, model=TaskStateChangeEvent)
-    except (ValidationError, ValueError, TypeError) as exc:
-        logger.warning("Dropping invalid event", extra={"validation_error": _summary(exc)})
+        task = parse_task_state_change(event)
+    except InvalidEvent as exc:
+        logger.warning("Dropping invalid event", extra={"validation_error": str(exc)})
         count(MetricName.INVALID_EVENTS)
         return {"status": "invalid"}
 
-    detail = parsed.detail
-    logger.append_keys(cluster_arn=detail.cluster_arn, task_arn=detail.task_arn, ecs_service=detail.service_name)
-    service_name = detail.service_name
-    if detail.desired_status != STOPPED or service_name is None:
-        logger.info("Ignoring event: not a stopping task of a service", extra={"group": detail.group})
+    logger.append_keys(cluster_arn=task.cluster_arn, task_arn=task.task_arn, ecs_service=task.service_name)
+    service_name = task.service_name
+    if task.desired_status != STOPPED or service_name is None:
+        logger.info("Ignoring event: not a stopping task of a service", extra={"group": task.group})
         return {"status": "ignored"}
-    if not deps.settings.in_scope(detail.cluster_arn):
+    if not deps.settings.in_scope(task.cluster_arn):
         logger.info("Ignoring event: cluster not in CLUSTER_ARNS")
         return {"status": "ignored"}
 
     result = handle_stopping_task(
-        StoppingTask(cluster_arn=detail.cluster_arn, task_arn=detail.task_arn, service_name=service_name),
+        StoppingTask(cluster_arn=task.cluster_arn, task_arn=task.task_arn, service_name=service_name),
         services=deps.services,
         remover=deps.remover,
         dry_run=deps.settings.dry_run,
@@ -61,22 +59,8 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
             extra={"service_found": result.service_found},
         )
     if result.failed:
-        raise DeregistrationFailed(f"{len(result.failed)} deregistration(s) failed for {detail.task_arn}")
+        raise DeregistrationFailed(f"{len(result.failed)} deregistration(s) failed for {task.task_arn}")
     return {
         "status": "processed",
         "outcomes": {d.cloudmap_service_id: d.outcome.value for d in result.deregistrations},
     }
-
-
-def _message(error: Any) -> str:
-    if error["type"] == "string_pattern_mismatch":
-        return f"not in the expected format: {str(error['input'])[:200]!r}"
-    return str(error["msg"])
-
-
-def _summary(exc: Exception) -> str:
-    """A bounded description of why validation failed (never the whole, possibly huge, input)."""
-    if isinstance(exc, ValidationError):
-        parts = [f"{'.'.join(str(p) for p in err['loc'])}: {_message(err)}" for err in exc.errors()[:5]]
-        return "; ".join(parts)[:1000]
-    return str(exc)[:1000]
