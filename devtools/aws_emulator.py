@@ -146,17 +146,28 @@ class FleetBuilder:
         name: str,
         *,
         discovery_names: Sequence[str] = (),
+        registry_names: Sequence[str] = (),
         namespace: str = "internal",
+        tags: dict[str, str] | None = None,
     ) -> SeededService:
-        """An ECS service; with ``discovery_names`` it has Service Connect on, one Cloud Map service each."""
+        """An ECS service. ``discovery_names``: Service Connect on, one Cloud Map service each.
+
+        ``registry_names``: classic service discovery (``serviceRegistries``), one Cloud Map service each.
+        """
         family = f"{name}-td"
         self.ecs.register_task_definition(
             family=family,
             containerDefinitions=[{"name": "app", "image": "public.ecr.aws/nginx/nginx:latest", "memory": 128}],
         )
-        arn = self.ecs.create_service(cluster=cluster, serviceName=name, taskDefinition=family, desiredCount=0)[
-            "service"
-        ]["serviceArn"]
+        registry_ids = [self.create_cloudmap_service(namespace, registry) for registry in registry_names]
+        arn = self.ecs.create_service(
+            cluster=cluster,
+            serviceName=name,
+            taskDefinition=family,
+            desiredCount=0,
+            serviceRegistries=[{"registryArn": self.cloudmap_service_arn(i)} for i in registry_ids],
+            tags=[{"key": k, "value": v} for k, v in (tags or {}).items()],
+        )["service"]["serviceArn"]
         cluster_arn = self._cluster_arn(cluster)
         ids = [self.create_cloudmap_service(namespace, discovery) for discovery in discovery_names]
         if ids:
@@ -164,7 +175,7 @@ class FleetBuilder:
                 {"discoveryName": d, "discoveryArn": self.cloudmap_service_arn(i)}
                 for d, i in zip(discovery_names, ids, strict=True)
             ]
-        return SeededService(cluster_arn=cluster_arn, name=name, arn=arn, cloudmap_service_ids=ids)
+        return SeededService(cluster_arn=cluster_arn, name=name, arn=arn, cloudmap_service_ids=ids + registry_ids)
 
     def start_rolling_update(self, service: SeededService, *, discovery_names: Sequence[str]) -> list[str]:
         """A new PRIMARY deployment with other discovery names; the old one stays ACTIVE with its tasks."""

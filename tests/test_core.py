@@ -5,17 +5,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import pytest
+
 from cloudmap_reactor.core.deregistration import deregister_task
-from cloudmap_reactor.core.health_scan import select_unhealthy
 from cloudmap_reactor.core.model import (
+    ENABLED_TAG,
+    IGNORE_TAG,
     EcsService,
     Outcome,
     Reason,
+    TagScope,
     TaskSnapshot,
     cloudmap_service_id,
     service_name_from_group,
 )
 from cloudmap_reactor.core.ports import AwsCallFailed, RemovalResult
+from cloudmap_reactor.core.safety import plan_unhealthy_removals
 from cloudmap_reactor.core.service_cache import CachedServiceLookup
 
 CLUSTER = "arn:aws:ecs:us-east-1:123456789012:cluster/prod"
@@ -29,19 +34,54 @@ def task(
     return TaskSnapshot(CLUSTER, f"arn:aws:ecs:us-east-1:123456789012:task/prod/{n:032x}", group, last, desired, health)
 
 
-def test_only_unhealthy_running_tasks_of_cloudmap_services_are_selected() -> None:
+def test_only_unhealthy_running_tasks_are_removed() -> None:
     tasks = [
         task(1, "UNHEALTHY"),
         task(2, "HEALTHY"),
         task(3, "UNKNOWN"),
         task(4, "UNHEALTHY", last="PENDING"),
         task(5, "UNHEALTHY", desired="STOPPED"),
-        task(6, "UNHEALTHY", group="service:worker"),
-        task(7, "UNHEALTHY", group="family:nightly"),
-        task(8, "UNHEALTHY", group="service:unknown"),
+        task(6, "HEALTHY"),
     ]
-    selected = select_unhealthy(tasks, {"orders": ORDERS, "worker": PLAIN})
-    assert [s.task.task_arn for s in selected] == [tasks[0].task_arn]
+    plan = plan_unhealthy_removals(tasks, already_removed=set(), min_healthy_percent=50)
+    assert [t.task_arn for t in plan.remove] == [tasks[0].task_arn]
+    assert (plan.running, plan.unhealthy, plan.healthy_after, plan.fail_open) == (4, 1, 3, False)
+
+
+@pytest.mark.parametrize(
+    ("healths", "removed_before", "min_percent", "removed_now", "fail_open"),
+    [
+        (["UNHEALTHY", "UNHEALTHY", "HEALTHY", "HEALTHY"], 0, 50, 2, False),  # 2 of 4 stay: exactly 50 %
+        (["UNHEALTHY", "UNHEALTHY", "UNHEALTHY", "HEALTHY"], 0, 50, 0, True),  # 1 of 4 would stay
+        (["UNHEALTHY"] * 4, 0, 50, 0, True),  # a shared dependency is down: keep them all
+        (["UNHEALTHY"], 0, 50, 0, True),  # the only task
+        (["UNHEALTHY"] * 4, 0, 0, 4, False),  # guard switched off
+        (["UNHEALTHY", "UNKNOWN", "UNKNOWN", "HEALTHY"], 0, 75, 1, False),  # UNKNOWN tasks serve traffic
+        # two taken out on an earlier pass, a third now turns UNHEALTHY: 1 of 4 would stay
+        (["UNHEALTHY", "UNHEALTHY", "UNHEALTHY", "HEALTHY"], 2, 50, 0, True),
+        (["UNHEALTHY", "UNHEALTHY", "HEALTHY", "HEALTHY"], 2, 50, 0, False),  # nothing new to remove
+    ],
+)
+def test_fail_open_guard(
+    healths: list[str], removed_before: int, min_percent: float, removed_now: int, fail_open: bool
+) -> None:
+    tasks = [task(n, health) for n, health in enumerate(healths)]
+    removed = {t.task_arn for t in tasks[:removed_before]}
+    plan = plan_unhealthy_removals(tasks, already_removed=removed, min_healthy_percent=min_percent)
+    assert len(plan.remove) == removed_now
+    assert plan.fail_open is fail_open
+    assert not {t.task_arn for t in plan.remove} & removed
+
+
+def test_scope_by_tags() -> None:
+    def service(**tags: str) -> EcsService:
+        return EcsService(CLUSTER, "orders", f"{CLUSTER}/orders", frozenset({"srv-a"}), tuple(tags.items()))
+
+    plain, ignored = service(), service(**{IGNORE_TAG: "true"})
+    enabled, both = service(**{ENABLED_TAG: "TRUE"}), service(**{ENABLED_TAG: "true", IGNORE_TAG: "true"})
+    assert [s.managed(TagScope.OPT_OUT) for s in (plain, ignored, enabled, both)] == [True, False, True, False]
+    assert [s.managed(TagScope.OPT_IN) for s in (plain, ignored, enabled, both)] == [False, False, True, False]
+    assert not PLAIN.managed(TagScope.OPT_OUT)  # not registered in Cloud Map
 
 
 def test_helpers_reject_what_is_not_theirs() -> None:

@@ -52,17 +52,32 @@ def test_one_pass_removes_unhealthy_running_tasks_only(
     assert output.metrics.dimension_sets("HealthScanDuration") == [{"service"}]
 
 
-def test_unhealthy_task_already_stopping_is_left_to_the_reactor(
+def test_a_task_ecs_is_stopping_is_not_unhealthy_business_but_reconciliation_removes_it(
     aws: FleetBuilder, orders: SeededService, lambda_context: FakeLambdaContext, read_output: Any
 ) -> None:
-    """ListTasks(desiredStatus=RUNNING) no longer returns it; nothing is counted twice."""
+    """ListTasks(desiredStatus=RUNNING) no longer returns it; reconciliation finds it among the instances."""
+    aws.set_health(orders.task_arns[0], "UNHEALTHY")
+    aws.begin_stopping(orders.task_arns[0])
+
+    poll(lambda_context)
+
+    assert aws.instance_ids(orders.cloudmap_service_ids[0]) == ids(*orders.task_arns[1:])
+    output = read_output()
+    assert output.metrics.value("UnhealthyTasksFound") == 0
+    assert output.metrics.value("TasksDeregistered", Reason="Reconciled") == 2
+    assert output.metrics.value("TasksDeregistered", Reason="Unhealthy") == 0
+
+
+def test_without_reconciliation_a_stopping_task_is_left_to_the_reactor(
+    aws: FleetBuilder, orders: SeededService, env: pytest.MonkeyPatch, lambda_context: FakeLambdaContext
+) -> None:
+    env.setenv("RECONCILE_EVERY_PASSES", "0")
     aws.set_health(orders.task_arns[0], "UNHEALTHY")
     aws.begin_stopping(orders.task_arns[0])
 
     poll(lambda_context)
 
     assert aws.instance_ids(orders.cloudmap_service_ids[0]) == ids(*orders.task_arns)
-    assert read_output().metrics.value("UnhealthyTasksFound") == 0
 
 
 def test_services_without_service_connect_and_standalone_tasks_are_ignored(
@@ -134,6 +149,7 @@ def test_first_pass_reads_services_then_each_pass_costs_the_batching_floor(
     env.setenv("POLL_WINDOW_SECONDS", "40")
     env.setenv("POLL_INTERVAL_SECONDS", "10")
     env.setenv("SERVICE_REFRESH_PASSES", "100")
+    env.setenv("RECONCILE_EVERY_PASSES", "100")  # the first pass only
     aws.create_cluster("big")
     services = [aws.create_service("big", f"svc-{i:02d}", discovery_names=[f"svc-{i:02d}"]) for i in range(23)]
     for service in services[:5]:
@@ -157,7 +173,7 @@ def test_first_pass_reads_services_then_each_pass_costs_the_batching_floor(
     assert sizes["DescribeServices"] == [10, 10, 3]  # first pass only
     assert ecs.counts["ListTasks"] == 3 * passes
     assert sizes["DescribeTasks"] == [100, 100, 50] * passes
-    assert cloudmap.total() == 0
+    assert cloudmap.counts == {"ListInstances": 23}  # reconciliation, first pass; nothing to remove
 
 
 def test_a_service_created_between_passes_is_described_once(

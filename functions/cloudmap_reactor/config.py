@@ -7,6 +7,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cloudmap_reactor.core.model import TagScope
+
 CLUSTER_ARN_PATTERN = re.compile(
     r"^arn:aws(?:-[a-z]+)*:ecs:[a-z]{2}(?:-[a-z]+)+-\d{1,2}:\d{12}:cluster/[A-Za-z0-9_-]{1,255}$"
 )
@@ -37,6 +39,10 @@ class Settings:
     service_refresh_passes: int = 6
     ecs_reads_per_second: float = 10.0  # 0: no budget
     scan_concurrency: int = 8
+    # Safety
+    tag_scope: TagScope = TagScope.OPT_OUT
+    min_healthy_percent: float = 50.0
+    reconcile_every_passes: int = 6  # 0: never
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -59,6 +65,12 @@ class Settings:
         refresh = int(number("SERVICE_REFRESH_PASSES", default=6, low=1, high=10_000, integer=True))
         budget = number("ECS_READS_PER_SECOND", default=10, low=0, high=1000)
         concurrency = int(number("SCAN_CONCURRENCY", default=8, low=1, high=64, integer=True))
+        min_healthy = number("MIN_HEALTHY_PERCENT", default=50, low=0, high=100)
+        reconcile = int(number("RECONCILE_EVERY_PASSES", default=6, low=0, high=10_000, integer=True))
+        scope_text = env.get("TAG_SCOPE", "").strip().lower() or TagScope.OPT_OUT.value
+        if scope_text not in {s.value for s in TagScope}:
+            problems.append(f"TAG_SCOPE={scope_text!r} must be one of {[s.value for s in TagScope]}")
+            scope_text = TagScope.OPT_OUT.value
         schedule = env.get("POLL_SCHEDULE", "").strip()
         schedule_seconds = schedule_period_seconds(schedule)
         if schedule and schedule_seconds is None and not schedule.startswith("cron("):
@@ -77,6 +89,9 @@ class Settings:
             service_refresh_passes=refresh,
             ecs_reads_per_second=budget,
             scan_concurrency=concurrency,
+            tag_scope=TagScope(scope_text),
+            min_healthy_percent=min_healthy,
+            reconcile_every_passes=reconcile,
         )
 
     def in_scope(self, cluster_arn: str) -> bool:

@@ -28,6 +28,8 @@ class MetricName(StrEnum):
     INVALID_EVENTS = "InvalidEvents"
     HEALTH_SCAN_COMPLETED = "HealthScanCompleted"
     HEALTH_SCAN_DURATION = "HealthScanDuration"
+    FAIL_OPEN_ACTIVATED = "FailOpenActivated"
+    ORPHAN_INSTANCES = "OrphanInstances"
 
 
 def count(name: MetricName, value: float = 1) -> None:

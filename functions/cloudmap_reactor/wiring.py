@@ -38,11 +38,14 @@ class PollerDeps:
         """A scanner for one invocation: what it learns about services lasts that long."""
         return HealthScanner(
             fleet=self.fleet,
-            remover=self.remover,
+            registry=self.remover,
             cluster_arns=self.settings.cluster_arns,
             dry_run=self.settings.dry_run,
             refresh_every=self.settings.service_refresh_passes,
             concurrency=self.settings.scan_concurrency,
+            scope=self.settings.tag_scope,
+            min_healthy_percent=self.settings.min_healthy_percent,
+            reconcile_every=self.settings.reconcile_every_passes,
         )
 
 

@@ -19,8 +19,18 @@ _IN_PROGRESS = {"DuplicateRequest"}
 
 
 class CloudMapDeregistrar:
+    """Cloud Map as the core sees it: list a service's instance ids, deregister one instance."""
+
     def __init__(self, client: ServiceDiscoveryClient) -> None:
         self._client = client
+
+    def list_instance_ids(self, cloudmap_service_id: str) -> set[str]:
+        """Every instance id registered in one Cloud Map service (100 per page, the maximum)."""
+        with aws_call("ListInstances", cloudmap_service_id):
+            pages = self._client.get_paginator("list_instances").paginate(
+                ServiceId=cloudmap_service_id, PaginationConfig={"PageSize": 100}
+            )
+            return {instance["Id"] for page in pages for instance in page.get("Instances", [])}
 
     def deregister_instance(self, cloudmap_service_id: str, instance_id: str) -> RemovalResult:
         """Idempotent: an instance that is already gone is not an error."""

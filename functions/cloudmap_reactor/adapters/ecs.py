@@ -94,7 +94,7 @@ class EcsReader:
     # -- internals -------------------------------------------------------------------------
     def _describe_services(self, cluster_arn: str, batch: list[str]) -> list[EcsService]:
         def call() -> Any:
-            return self._client.describe_services(cluster=cluster_arn, services=batch)
+            return self._client.describe_services(cluster=cluster_arn, services=batch, include=["TAGS"])
 
         response = self._call("DescribeServices", cluster_arn, call)
         return [_to_ecs_service(cluster_arn, raw) for raw in response.get("services", [])]
@@ -126,18 +126,20 @@ class EcsReader:
 
 
 def _to_ecs_service(cluster_arn: str, raw: Any) -> EcsService:
-    """Collect the Cloud Map service of every discovery name of every deployment."""
-    ids = {
-        service_id
+    """Collect the Cloud Map service of every discovery name of every deployment, and of every registry."""
+    arns = [
+        resource.get("discoveryArn", "")
         for deployment in raw.get("deployments", [])
         for resource in deployment.get("serviceConnectResources", [])
-        if (service_id := cloudmap_service_id(resource.get("discoveryArn", ""))) is not None
-    }
+    ]
+    arns += [registry.get("registryArn", "") for registry in raw.get("serviceRegistries", [])]
+    ids = {service_id for arn in arns if (service_id := cloudmap_service_id(arn)) is not None}
     return EcsService(
         cluster_arn=cluster_arn,
         service_name=raw["serviceName"],
         service_arn=raw["serviceArn"],
         cloudmap_service_ids=frozenset(ids),
+        tags=tuple((t["key"], t["value"]) for t in raw.get("tags", []) if "key" in t and "value" in t),
     )
 
 

@@ -1,24 +1,35 @@
-"""Passes of the health poller: find UNHEALTHY running tasks of Cloud Map services, remove them.
+"""Passes of the health poller: take UNHEALTHY running tasks of Cloud Map services out, safely.
 
 A ``HealthScanner`` lives for one invocation and runs one pass per poll. What it learns about
-services (which use Cloud Map, and which Cloud Map services) is kept between passes and
-refreshed only every ``refresh_every`` passes or when a task shows up for a service it has not
-described yet. In steady state a pass over T tasks in a cluster costs ``ListTasks`` and
-``DescribeTasks`` once per 100 tasks each: the batching floor. Clusters are scanned concurrently.
+services (which use Cloud Map, their tags) is kept between passes and refreshed only every
+``refresh_every`` passes or when a task shows up for a service it has not described yet. In
+steady state a pass over T tasks in a cluster costs ``ListTasks`` and ``DescribeTasks`` once per
+100 tasks each: the batching floor. Clusters are scanned concurrently.
+
+Safety (``core.safety``): per service, the fail-open guard can hold back every removal; every
+``reconcile_every`` passes the Cloud Map instances of each service are listed (before the tasks)
+and instances of tasks ECS reports stopping or stopped are removed; instances whose task ECS does
+not know are only counted, never removed on one sighting.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cloudmap_reactor.core.deregistration import deregister_task
-from cloudmap_reactor.core.model import Deregistration, EcsService, Outcome, Reason, TaskSnapshot
-from cloudmap_reactor.core.ports import AwsCallFailed, FleetReader, InstanceRemover
+from cloudmap_reactor.core.model import Deregistration, EcsService, Outcome, Reason, TagScope, TaskSnapshot
+from cloudmap_reactor.core.ports import AwsCallFailed, CloudMapRegistry, FleetReader
+from cloudmap_reactor.core.safety import (
+    RemovalPlan,
+    is_leaving,
+    is_unhealthy_and_running,
+    looks_like_task_id,
+    plan_unhealthy_removals,
+)
 
-UNHEALTHY = "UNHEALTHY"
-RUNNING = "RUNNING"
 ALL_CLUSTERS = "*"
 
 
@@ -26,6 +37,24 @@ ALL_CLUSTERS = "*"
 class UnhealthyTask:
     task: TaskSnapshot
     service: EcsService
+
+
+@dataclass(frozen=True, slots=True)
+class FailOpen:
+    """A service whose UNHEALTHY tasks were left registered by the fail-open guard."""
+
+    service: EcsService
+    plan: RemovalPlan
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanInstance:
+    """A Cloud Map instance whose id matches no task ECS knows (counted and logged, never removed)."""
+
+    cluster_arn: str
+    service_name: str
+    cloudmap_service_id: str
+    instance_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +69,11 @@ class HealthPassResult:
     services_with_cloudmap: int = 0
     tasks_examined: int = 0
     services_described: int = 0
+    reconciled_services: int = 0
     unhealthy: list[UnhealthyTask] = field(default_factory=list)
     deregistrations: list[Deregistration] = field(default_factory=list)
+    fail_open: list[FailOpen] = field(default_factory=list)
+    orphans: list[OrphanInstance] = field(default_factory=list)
     cluster_failures: list[ClusterFailure] = field(default_factory=list)
 
     @property
@@ -54,25 +86,24 @@ class HealthPassResult:
         self.services_with_cloudmap += other.services_with_cloudmap
         self.tasks_examined += other.tasks_examined
         self.services_described += other.services_described
+        self.reconciled_services += other.reconciled_services
         self.unhealthy.extend(other.unhealthy)
         self.deregistrations.extend(other.deregistrations)
+        self.fail_open.extend(other.fail_open)
+        self.orphans.extend(other.orphans)
         self.cluster_failures.extend(other.cluster_failures)
 
 
-def select_unhealthy(tasks: Iterable[TaskSnapshot], services: Mapping[str, EcsService]) -> list[UnhealthyTask]:
-    """Tasks that ECS reports UNHEALTHY while RUNNING, in services registered in Cloud Map.
-
-    ``UNKNOWN`` (no container health check, or still in its start period) and ``HEALTHY`` are
-    never acted on; neither are tasks ECS already stops (the reactor handles those).
-    """
-    selected: list[UnhealthyTask] = []
+def tasks_by_service(
+    tasks: Iterable[TaskSnapshot], services: Mapping[str, EcsService]
+) -> dict[str, list[TaskSnapshot]]:
+    """The tasks of each managed service (standalone tasks and other services' tasks left out)."""
+    grouped: dict[str, list[TaskSnapshot]] = defaultdict(list)
     for task in tasks:
-        if task.health_status != UNHEALTHY or task.last_status != RUNNING or task.desired_status != RUNNING:
-            continue
-        service = services.get(task.service_name or "")
-        if service is not None and service.uses_cloudmap:
-            selected.append(UnhealthyTask(task=task, service=service))
-    return selected
+        name = task.service_name
+        if name is not None and name in services:
+            grouped[name].append(task)
+    return grouped
 
 
 @dataclass
@@ -82,8 +113,9 @@ class _ClusterView:
     services: dict[str, EcsService | None]
     described_on_pass: int
 
-    def with_cloudmap(self) -> dict[str, EcsService]:
-        return {name: s for name, s in self.services.items() if s is not None and s.uses_cloudmap}
+    def managed(self, scope: TagScope) -> dict[str, EcsService]:
+        """Services registered in Cloud Map that the tags let this tool look after."""
+        return {name: s for name, s in self.services.items() if s is not None and s.managed(scope)}
 
 
 class HealthScanner:
@@ -93,14 +125,20 @@ class HealthScanner:
         self,
         *,
         fleet: FleetReader,
-        remover: InstanceRemover,
+        registry: CloudMapRegistry,
         cluster_arns: Sequence[str],
         dry_run: bool,
         refresh_every: int = 6,
         concurrency: int = 4,
+        scope: TagScope = TagScope.OPT_OUT,
+        min_healthy_percent: float = 50.0,
+        reconcile_every: int = 6,
     ) -> None:
         self._fleet = fleet
-        self._remover = remover
+        self._registry = registry
+        self._scope = scope
+        self._min_healthy_percent = min_healthy_percent
+        self._reconcile_every = reconcile_every
         self._configured_clusters = list(cluster_arns)
         self._dry_run = dry_run
         self._refresh_every = max(1, refresh_every)
@@ -152,8 +190,13 @@ class HealthScanner:
             result.services_described += len(described)
             view = _ClusterView({s.service_name: s for s in described}, described_on_pass=self._pass)
             self._views[cluster_arn] = view
-        if not view.with_cloudmap():
-            return result  # nothing here is registered in Cloud Map: no task reads needed
+        if not view.managed(self._scope):
+            return result  # nothing here is registered in Cloud Map and in scope: no task reads needed
+
+        reconcile = self._reconcile_every > 0 and self._pass % self._reconcile_every == 0
+        # Listed before the tasks: an instance registered after this by a task that starts after
+        # the task listing would otherwise look like a leftover.
+        registered = self._registered_instances(view.managed(self._scope)) if reconcile else None
 
         tasks = self._fleet.describe_running_tasks(cluster_arn)
         result.tasks_examined = len(tasks)
@@ -163,23 +206,88 @@ class HealthScanner:
             result.services_described += len(found)
             view.services.update({name: found.get(name) for name in unknown})
 
-        services = view.with_cloudmap()
+        services = view.managed(self._scope)
         result.services_with_cloudmap = len(services)
-        result.unhealthy = select_unhealthy(tasks, services)
-        for found_task in result.unhealthy:
-            removed = self._removed.setdefault(found_task.task.task_arn, set())
-            pending = found_task.service.cloudmap_service_ids - removed
-            if not pending:
-                continue
-            records = deregister_task(
-                cluster_arn=cluster_arn,
-                service_name=found_task.service.service_name,
-                task_arn=found_task.task.task_arn,
-                cloudmap_service_ids=pending,
-                reason=Reason.UNHEALTHY,
-                remover=self._remover,
-                dry_run=self._dry_run,
-            )
-            removed.update(r.cloudmap_service_id for r in records if r.outcome is not Outcome.FAILED)
-            result.deregistrations.extend(records)
+        grouped = tasks_by_service(tasks, services)
+        for name, service in services.items():
+            self._remove_unhealthy(service, grouped.get(name, []), result)
+        if registered is not None:
+            result.reconciled_services = len(registered)
+            self._reconcile(cluster_arn, registered, {t.task_id for t in tasks}, result)
         return result
+
+    def _remove_unhealthy(self, service: EcsService, tasks: list[TaskSnapshot], result: HealthPassResult) -> None:
+        removed = {arn for arn in (t.task_arn for t in tasks) if self._removed.get(arn)}
+        plan = plan_unhealthy_removals(tasks, already_removed=removed, min_healthy_percent=self._min_healthy_percent)
+        result.unhealthy.extend(UnhealthyTask(task=t, service=service) for t in tasks if is_unhealthy_and_running(t))
+        if plan.fail_open:
+            result.fail_open.append(FailOpen(service=service, plan=plan))
+            return
+        for task in plan.remove:
+            self._deregister(service, task.task_arn, reason=Reason.UNHEALTHY, result=result)
+
+    def _deregister(
+        self,
+        service: EcsService,
+        task_arn: str,
+        *,
+        reason: Reason,
+        result: HealthPassResult,
+        only: Iterable[str] | None = None,
+    ) -> None:
+        """Take the task out of the service's Cloud Map services (or ``only`` some), once per invocation."""
+        done = self._removed.setdefault(task_arn, set())
+        pending = set(service.cloudmap_service_ids if only is None else only) - done
+        if not pending:
+            return
+        records = deregister_task(
+            cluster_arn=service.cluster_arn,
+            service_name=service.service_name,
+            task_arn=task_arn,
+            cloudmap_service_ids=pending,
+            reason=reason,
+            remover=self._registry,
+            dry_run=self._dry_run,
+        )
+        done.update(r.cloudmap_service_id for r in records if r.outcome is not Outcome.FAILED)
+        result.deregistrations.extend(records)
+
+    def _registered_instances(self, services: Mapping[str, EcsService]) -> dict[str, dict[str, set[str]]]:
+        """Service name -> Cloud Map service id -> instance ids registered there now."""
+        return {
+            name: {sid: self._registry.list_instance_ids(sid) for sid in sorted(service.cloudmap_service_ids)}
+            for name, service in services.items()
+        }
+
+    def _reconcile(
+        self,
+        cluster_arn: str,
+        registered: Mapping[str, Mapping[str, set[str]]],
+        running_task_ids: set[str],
+        result: HealthPassResult,
+    ) -> None:
+        """Remove instances of tasks ECS is stopping or has stopped; count the ones ECS does not know."""
+        places: dict[str, list[tuple[str, str]]] = defaultdict(list)  # instance id -> (service, cloudmap id)
+        for service_name, by_cloudmap_id in registered.items():
+            for cloudmap_id, instance_ids in by_cloudmap_id.items():
+                for instance_id in instance_ids - running_task_ids:
+                    places[instance_id].append((service_name, cloudmap_id))
+        task_like = sorted(i for i in places if looks_like_task_id(i))
+        known = {t.task_id: t for t in self._fleet.describe_tasks(cluster_arn, task_like)} if task_like else {}
+        view = self._views[cluster_arn]
+        for instance_id, where in sorted(places.items()):
+            task = known.get(instance_id)
+            if task is None:
+                result.orphans.extend(
+                    OrphanInstance(cluster_arn, service_name, cloudmap_id, instance_id)
+                    for service_name, cloudmap_id in where
+                )
+            elif is_leaving(task):
+                for service_name, cloudmap_id in where:
+                    service = view.services.get(service_name)
+                    if service is None:
+                        continue
+                    self._deregister(
+                        service, task.task_arn, reason=Reason.RECONCILED, result=result, only=[cloudmap_id]
+                    )
+            # else: a task that started after the listing, or runs elsewhere; nothing to do

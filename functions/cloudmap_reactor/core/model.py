@@ -18,6 +18,19 @@ class Reason(StrEnum):
 
     TASK_STOPPING = "TaskStopping"
     UNHEALTHY = "Unhealthy"
+    RECONCILED = "Reconciled"
+
+
+# Service tags that scope this tool (read with DescribeServices include=[TAGS]).
+IGNORE_TAG = "cloudmap-reactor:ignore"
+ENABLED_TAG = "cloudmap-reactor:enabled"
+
+
+class TagScope(StrEnum):
+    """``opt-out``: every service unless tagged ignore; ``opt-in``: only services tagged enabled."""
+
+    OPT_OUT = "opt-out"
+    OPT_IN = "opt-in"
 
 
 class Outcome(StrEnum):
@@ -52,18 +65,37 @@ def service_name_from_group(group: str) -> str | None:
 class EcsService:
     """An ECS service and the Cloud Map services its tasks are registered in.
 
-    ``cloudmap_service_ids`` is the union over every deployment, so a task of an older deployment
-    (during a rolling update) is found too.
+    ``cloudmap_service_ids`` is the union over every deployment's Service Connect discovery names
+    (so a task of an older deployment, during a rolling update, is found too) and the service's
+    ``serviceRegistries`` (classic service discovery).
     """
 
     cluster_arn: str
     service_name: str
     service_arn: str
     cloudmap_service_ids: frozenset[str] = field(default_factory=frozenset)
+    tags: tuple[tuple[str, str], ...] = ()
 
     @property
     def uses_cloudmap(self) -> bool:
         return bool(self.cloudmap_service_ids)
+
+    def tag(self, key: str) -> str | None:
+        return next((value for k, value in self.tags if k == key), None)
+
+    def in_scope(self, scope: TagScope) -> bool:
+        """Whether this tool may touch the service's registrations at all (both functions ask)."""
+        if _is_true(self.tag(IGNORE_TAG)):
+            return False
+        return scope is TagScope.OPT_OUT or _is_true(self.tag(ENABLED_TAG))
+
+    def managed(self, scope: TagScope) -> bool:
+        """Registered in Cloud Map (Service Connect or service discovery) and in scope."""
+        return self.uses_cloudmap and self.in_scope(scope)
+
+
+def _is_true(value: str | None) -> bool:
+    return value is not None and value.strip().lower() == "true"
 
 
 @dataclass(frozen=True, slots=True)

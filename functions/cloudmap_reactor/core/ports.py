@@ -24,6 +24,12 @@ class InstanceRemover(Protocol):
         ...
 
 
+class CloudMapRegistry(InstanceRemover, Protocol):
+    def list_instance_ids(self, cloudmap_service_id: str) -> set[str]:
+        """The instance ids registered in one Cloud Map service."""
+        ...
+
+
 class ServiceDirectory(Protocol):
     def describe_services(self, cluster_arn: str, service_names_or_arns: Sequence[str]) -> list[EcsService]:
         """Describe services (any number; the adapter batches). Missing services are left out."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cloudmap_reactor.core.deregistration import deregister_task
-from cloudmap_reactor.core.model import Deregistration, Outcome, Reason
+from cloudmap_reactor.core.model import Deregistration, Outcome, Reason, TagScope
 from cloudmap_reactor.core.ports import InstanceRemover
 from cloudmap_reactor.core.service_cache import CachedServiceLookup
 
@@ -23,6 +23,7 @@ class StoppingTask:
 class ReactorResult:
     service_found: bool
     uses_cloudmap: bool
+    in_scope: bool = True
     deregistrations: list[Deregistration] = field(default_factory=list)
 
     @property
@@ -36,13 +37,20 @@ def handle_stopping_task(
     services: CachedServiceLookup,
     remover: InstanceRemover,
     dry_run: bool,
+    scope: TagScope = TagScope.OPT_OUT,
 ) -> ReactorResult:
-    """Deregister the task from every Cloud Map service of its ECS service (all deployments)."""
+    """Deregister the task from every Cloud Map service of its ECS service (all deployments).
+
+    A stopping task always leaves (no fail-open here: it is going away anyway), unless its
+    service's tags put it out of this tool's scope.
+    """
     service = services.get(task.cluster_arn, task.service_name)
     if service is None:
         return ReactorResult(service_found=False, uses_cloudmap=False)
     if not service.uses_cloudmap:
         return ReactorResult(service_found=True, uses_cloudmap=False)
+    if not service.in_scope(scope):
+        return ReactorResult(service_found=True, uses_cloudmap=True, in_scope=False)
     deregistrations = deregister_task(
         cluster_arn=task.cluster_arn,
         service_name=task.service_name,

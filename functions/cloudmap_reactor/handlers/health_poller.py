@@ -78,9 +78,33 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
             },
         )
     report_deregistrations(result.deregistrations)
+    for held in result.fail_open:
+        logger.warning(
+            "Fail-open: UNHEALTHY tasks left registered, too few would stay healthy",
+            extra={
+                "cluster_arn": held.service.cluster_arn,
+                "ecs_service": held.service.service_name,
+                "running_tasks": held.plan.running,
+                "unhealthy_tasks": held.plan.unhealthy,
+                "healthy_percent_after": round(held.plan.healthy_percent_after, 1),
+            },
+        )
+    for orphan in result.orphans:
+        logger.warning(
+            "Cloud Map instance matches no task ECS knows (counted, not removed)",
+            extra={
+                "cluster_arn": orphan.cluster_arn,
+                "ecs_service": orphan.service_name,
+                "cloudmap_service_id": orphan.cloudmap_service_id,
+                "instance_id": orphan.instance_id,
+            },
+        )
     for failure in result.cluster_failures:
         logger.error("Could not scan cluster", extra={"cluster_arn": failure.cluster_arn, "error": failure.error})
     count(MetricName.UNHEALTHY_TASKS_FOUND, len(result.unhealthy))
+    count(MetricName.FAIL_OPEN_ACTIVATED, len(result.fail_open))
+    if result.reconciled_services:
+        count(MetricName.ORPHAN_INSTANCES, len(result.orphans))
     metrics.add_metric(name=MetricName.HEALTH_SCAN_DURATION.value, unit=MetricUnit.Milliseconds, value=duration_ms)
     if result.complete:
         count(MetricName.HEALTH_SCAN_COMPLETED)
@@ -91,7 +115,10 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
             "services_with_cloudmap": result.services_with_cloudmap,
             "services_described": result.services_described,
             "tasks_examined": result.tasks_examined,
+            "reconciled_services": result.reconciled_services,
             "unhealthy_found": len(result.unhealthy),
+            "fail_open_services": len(result.fail_open),
+            "orphan_instances": len(result.orphans),
             "deregistrations": len(result.deregistrations),
             "dry_run": dry_run,
             "duration_ms": round(duration_ms, 1),

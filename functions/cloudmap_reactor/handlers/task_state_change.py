@@ -51,8 +51,12 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         services=deps.services,
         remover=deps.remover,
         dry_run=deps.settings.dry_run,
+        scope=deps.settings.tag_scope,
     )
     report_deregistrations(result.deregistrations)
+    if not result.in_scope:
+        logger.info("Ignoring event: the service's tags exclude it (cloudmap-reactor:ignore / :enabled)")
+        return {"status": "ignored"}
     if not result.uses_cloudmap:
         logger.info(
             "Nothing to do: service not found or not registered in Cloud Map",
