@@ -168,7 +168,7 @@ def test_reconciliation_removes_instances_of_stopped_tasks_and_only_counts_unkno
         )
     aws.cloudmap.register_instance(
         ServiceId=orders.cloudmap_service_ids[0],
-        InstanceId="manual-entry",
+        InstanceId="manual",
         Attributes={"AWS_INSTANCE_IPV4": "10.9.9.8"},
     )
 
