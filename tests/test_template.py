@@ -321,6 +321,9 @@ def test_environment(stack: Stack) -> None:
     assert poller_env["POLL_INTERVAL_SECONDS"] == "10"
     assert poller_env["POLL_WINDOW_SECONDS"] == "auto"
     assert poller_env["ECS_READS_PER_SECOND"] == "10"
+    assert poller_env["MIN_HEALTHY_PERCENT"] == "50"
+    assert poller_env["RECONCILE_EVERY_PASSES"] == "6"
+    assert reactor_env["TAG_SCOPE"] == poller_env["TAG_SCOPE"] == "opt-out"
     # Whatever the template passes, the poller accepts at cold start and polls for 50 s of 60.
     settings = Settings.from_env({k: str(v) for k, v in poller_env.items()})
     assert settings.poll_schedule_seconds == 60
@@ -579,6 +582,7 @@ def test_poller_permissions_for_every_cluster(stack: Stack) -> None:
         "ecs:DescribeServices": [(ECS_SERVICES, None)],
         "ecs:DescribeTasks": [(ECS_TASKS, None)],
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
+        "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
     }
 
 
@@ -590,6 +594,7 @@ def test_poller_permissions_for_given_clusters(scoped_stack: Stack) -> None:
         "ecs:DescribeServices": [(ECS_SERVICES, None)],
         "ecs:DescribeTasks": [(ECS_TASKS, None)],
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
+        "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
     }
 
 
@@ -603,6 +608,17 @@ ALARMS: dict[str, dict[str, Json]] = {
     "DeregistrationErrorsAlarm": {
         "Namespace": NAMESPACE,
         "MetricName": "DeregistrationErrors",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Sum",
+        "Period": 60,
+        "EvaluationPeriods": 1,
+        "Threshold": 0,
+        "ComparisonOperator": "GreaterThanThreshold",
+        "TreatMissingData": "notBreaching",
+    },
+    "FailOpenAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "FailOpenActivated",
         "Dimensions": SERVICE_DIMENSION,
         "Statistic": "Sum",
         "Period": 60,
@@ -711,7 +727,7 @@ def dashboard_metrics(stack: Stack) -> list[list[Json]]:
 def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
     metrics = dashboard_metrics(namespaced_stack)
     custom = {tuple(m[1:-1] if isinstance(m[-1], dict) else m[1:]) for m in metrics if m[0] == NAMESPACE}
-    for reason in ("TaskStopping", "Unhealthy"):
+    for reason in ("TaskStopping", "Unhealthy", "Reconciled"):
         assert ("TasksDeregistered", "service", SERVICE, "Reason", reason) in custom
     for name in (
         "DeregistrationErrors",
@@ -719,6 +735,8 @@ def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
         "HealthScanDuration",
         "HealthScanCompleted",
         "UnhealthyTasksFound",
+        "FailOpenActivated",
+        "OrphanInstances",
     ):
         assert (name, "service", SERVICE) in custom, name
     duration_stats = {m[-1].get("stat") for m in metrics if m[1] == "HealthScanDuration"}
