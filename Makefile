@@ -10,10 +10,15 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements-dev.txt functions/requirem
 RUNTIME_VENV := .venv-runtime
 RUNTIME_STAMP := $(RUNTIME_VENV)/.installed-$(shell cat functions/requirements.txt | cksum | cut -d' ' -f1)
 
+# checkov (static security scan of the template) pins packages that clash with the SAM CLI's.
+SCAN_VENV := .venv-scan
+SCAN_STAMP := $(SCAN_VENV)/.installed-checkov-3.3.30
+
 export SAM_CLI_TELEMETRY := 0
+export CHECKOV := $(CURDIR)/$(SCAN_VENV)/bin/checkov
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help venv lint typecheck unit validate test demo demo-server bench build clean
+.PHONY: help venv lint typecheck unit validate test demo demo-server bench redrive build clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +31,12 @@ $(STAMP):
 	touch $@
 
 venv: $(STAMP)  ## Create .venv with everything below (only when the requirements changed)
+
+$(SCAN_STAMP):
+	rm -rf $(SCAN_VENV)
+	$(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python -m pip install --quiet checkov==3.3.30
+	touch $@
 
 $(RUNTIME_STAMP):
 	rm -rf $(RUNTIME_VENV)
@@ -40,7 +51,7 @@ lint: venv  ## ruff: lint and formatting
 typecheck: venv  ## mypy --strict over the functions, devtools and tests
 	$(BIN)/mypy
 
-unit: venv  ## pytest: handlers against the local emulator, template checks, sam build
+unit: venv $(SCAN_STAMP)  ## pytest: handlers against the emulator, template and security scan, sam build
 	$(BIN)/python -m pytest
 
 validate: venv  ## sam validate --lint (cfn-lint) on template.yaml
@@ -57,8 +68,11 @@ demo-server: venv  ## Seed the local emulator on 127.0.0.1:5000 and keep it up f
 bench: venv $(RUNTIME_STAMP)  ## Measure passes at 1k/5k/10k tasks, the reactor, detection, imports -> docs/benchmarks.*
 	$(BIN)/python -m devtools.bench --runtime-python $(RUNTIME_VENV)/bin/python
 
+redrive: venv  ## Replay the dead-letter queue through the reactor (STACK=name, ARGS="--dry-run" …)
+	$(BIN)/python -m devtools.redrive --stack-name $(or $(STACK),cloudmap-reactor) $(ARGS)
+
 build: venv  ## sam build (no Docker needed)
 	$(BIN)/sam build
 
 clean:  ## Remove the virtual environment and build output
-	rm -rf $(VENV) $(RUNTIME_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) $(SCAN_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
