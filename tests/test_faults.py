@@ -156,3 +156,37 @@ def test_poller_throttled_beyond_botocore_retries_finishes_late_rather_than_fail
     assert faults.attempts == TOTAL_MAX_ATTEMPTS + 3
     assert aws.instance_ids(orders.cloudmap_service_ids[0]) == {orders.task_arns[1].rsplit("/", 1)[-1]}
     assert wiring.poller_deps().ecs_budget._penalty_until > 0
+
+
+def test_poller_isolates_a_failing_cloudmap_service_and_finishes_the_pass(
+    aws: FleetBuilder, orders: SeededService, lambda_context: FakeLambdaContext, read_output: Any, mocker: Any
+) -> None:
+    """ListInstances fails for one service: its reconciliation is skipped, everything else is done."""
+    from cloudmap_reactor.handlers import health_poller
+    from tests.conftest import load_event
+
+    payments = aws.create_service("prod", "payments", discovery_names=["payments"])
+    aws.start_tasks(payments, 2)
+    aws.ecs.stop_task(cluster=payments.cluster_arn, task=payments.task_arns[0], reason="missed stop event")
+    aws.set_health(orders.task_arns[0], "HEALTHY")
+    aws.set_health(orders.task_arns[1], "HEALTHY")
+    aws.set_health(payments.task_arns[1], "HEALTHY")
+    broken = orders.cloudmap_service_ids[0]
+    real = ServiceDiscoveryBackend.list_instances
+
+    def list_instances(self: Any, service_id: str) -> Any:
+        if service_id == broken:
+            raise ServiceUnavailable
+        return real(self, service_id)
+
+    mocker.patch.object(ServiceDiscoveryBackend, "list_instances", list_instances)
+
+    result = health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
+
+    assert result["status"] == "completed"
+    assert aws.instance_ids(payments.cloudmap_service_ids[0]) == {payments.task_arns[1].rsplit("/", 1)[-1]}
+    output = read_output()
+    assert output.metrics.value("TasksDeregistered", Reason="Reconciled") == 1
+    assert output.metrics.value("HealthScanCompleted") == 1
+    failure = next(r for r in output.logs if r["message"].startswith("Could not reconcile"))
+    assert failure["ecs_service"] == "orders"

@@ -63,6 +63,15 @@ class ClusterFailure:
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class ReconcileFailure:
+    """Reconciliation of one service (or a cluster's confirmation reads) failed; the pass went on."""
+
+    cluster_arn: str
+    service_name: str
+    error: str
+
+
 @dataclass(slots=True)
 class HealthPassResult:
     clusters_scanned: int = 0
@@ -75,6 +84,7 @@ class HealthPassResult:
     fail_open: list[FailOpen] = field(default_factory=list)
     orphans: list[OrphanInstance] = field(default_factory=list)
     cluster_failures: list[ClusterFailure] = field(default_factory=list)
+    reconcile_failures: list[ReconcileFailure] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -92,6 +102,7 @@ class HealthPassResult:
         self.fail_open.extend(other.fail_open)
         self.orphans.extend(other.orphans)
         self.cluster_failures.extend(other.cluster_failures)
+        self.reconcile_failures.extend(other.reconcile_failures)
 
 
 def tasks_by_service(
@@ -196,7 +207,7 @@ class HealthScanner:
         reconcile = self._reconcile_every > 0 and self._pass % self._reconcile_every == 0
         # Listed before the tasks: an instance registered after this by a task that starts after
         # the task listing would otherwise look like a leftover.
-        registered = self._registered_instances(view.managed(self._scope)) if reconcile else None
+        registered = self._registered_instances(cluster_arn, view.managed(self._scope), result) if reconcile else None
 
         tasks = self._fleet.describe_running_tasks(cluster_arn)
         result.tasks_examined = len(tasks)
@@ -252,12 +263,22 @@ class HealthScanner:
         done.update(r.cloudmap_service_id for r in records if r.outcome is not Outcome.FAILED)
         result.deregistrations.extend(records)
 
-    def _registered_instances(self, services: Mapping[str, EcsService]) -> dict[str, dict[str, set[str]]]:
-        """Service name -> Cloud Map service id -> instance ids registered there now."""
-        return {
-            name: {sid: self._registry.list_instance_ids(sid) for sid in sorted(service.cloudmap_service_ids)}
-            for name, service in services.items()
-        }
+    def _registered_instances(
+        self, cluster_arn: str, services: Mapping[str, EcsService], result: HealthPassResult
+    ) -> dict[str, dict[str, set[str]]]:
+        """Service name -> Cloud Map service id -> instance ids registered there now.
+
+        A service whose instances cannot be listed is left out of this reconciliation (and reported).
+        """
+        registered: dict[str, dict[str, set[str]]] = {}
+        for name, service in services.items():
+            try:
+                registered[name] = {
+                    sid: self._registry.list_instance_ids(sid) for sid in sorted(service.cloudmap_service_ids)
+                }
+            except AwsCallFailed as exc:
+                result.reconcile_failures.append(ReconcileFailure(cluster_arn, name, str(exc)))
+        return registered
 
     def _reconcile(
         self,
@@ -273,7 +294,11 @@ class HealthScanner:
                 for instance_id in instance_ids - running_task_ids:
                     places[instance_id].append((service_name, cloudmap_id))
         task_like = sorted(i for i in places if looks_like_task_id(i))
-        known = {t.task_id: t for t in self._fleet.describe_tasks(cluster_arn, task_like)} if task_like else {}
+        try:
+            known = {t.task_id: t for t in self._fleet.describe_tasks(cluster_arn, task_like)} if task_like else {}
+        except AwsCallFailed as exc:
+            result.reconcile_failures.append(ReconcileFailure(cluster_arn, ALL_CLUSTERS, str(exc)))
+            return
         view = self._views[cluster_arn]
         for instance_id, where in sorted(places.items()):
             task = known.get(instance_id)

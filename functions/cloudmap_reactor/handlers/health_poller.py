@@ -99,6 +99,11 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
                 "instance_id": orphan.instance_id,
             },
         )
+    for skipped in result.reconcile_failures:
+        logger.error(
+            "Could not reconcile; the rest of the pass went on",
+            extra={"cluster_arn": skipped.cluster_arn, "ecs_service": skipped.service_name, "error": skipped.error},
+        )
     for failure in result.cluster_failures:
         logger.error("Could not scan cluster", extra={"cluster_arn": failure.cluster_arn, "error": failure.error})
     count(MetricName.UNHEALTHY_TASKS_FOUND, len(result.unhealthy))
