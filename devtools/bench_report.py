@@ -72,7 +72,8 @@ def render(
     warm_calls = sorted({sum(e["calls"].values()) for e in warm})
     lines += [
         "",
-        "First-pass Cloud Map calls are the deregistrations of the "
+        "First-pass Cloud Map calls: reconciliation (one `ListInstances` per Cloud Map service, on the first "
+        "pass of each invocation and every `RECONCILE_EVERY_PASSES`) and the deregistrations of the "
         f"{UNHEALTHY_PER_CLUSTER} tasks seeded UNHEALTHY per cluster; later passes make none for them "
         "(already removed in this invocation).",
         "",

@@ -270,14 +270,20 @@ class HealthScanner:
 
         A service whose instances cannot be listed is left out of this reconciliation (and reported).
         """
-        registered: dict[str, dict[str, set[str]]] = {}
-        for name, service in services.items():
+
+        def listing(service: EcsService) -> dict[str, set[str]] | ReconcileFailure:
             try:
-                registered[name] = {
-                    sid: self._registry.list_instance_ids(sid) for sid in sorted(service.cloudmap_service_ids)
-                }
+                return {sid: self._registry.list_instance_ids(sid) for sid in sorted(service.cloudmap_service_ids)}
             except AwsCallFailed as exc:
-                result.reconcile_failures.append(ReconcileFailure(cluster_arn, name, str(exc)))
+                return ReconcileFailure(cluster_arn, service.service_name, str(exc))
+
+        registered: dict[str, dict[str, set[str]]] = {}
+        with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
+            for name, listed in zip(services, pool.map(listing, services.values()), strict=True):
+                if isinstance(listed, ReconcileFailure):
+                    result.reconcile_failures.append(listed)
+                else:
+                    registered[name] = listed
         return registered
 
     def _reconcile(
