@@ -15,6 +15,9 @@ gap the way AWS behaves, without touching our code under test:
 5. ``ListTasks``, ``ListServices`` and ``ListClusters`` ignore ``maxResults``/``nextToken`` and
    return everything at once: ``aws_like_ecs`` pages them as AWS does (at most 100 per page;
    ListServices defaults to 10), so call counts measured here are the ones AWS would see.
+6. A cluster ARN is resolved by its last segment alone, so ``arn:aws:ecs:eu-west-1:210987654321:cluster/prod``
+   would name our ``prod``: ``aws_like_ecs`` refuses ARNs of another partition, region or account
+   (``ClusterNotFoundException``), as ECS does.
 
 Everything else goes through the real AWS APIs (boto3 against moto): clusters, task definitions,
 ``RunTask`` with ``group="service:<name>"`` (what the ECS scheduler does for a service's tasks),
@@ -36,8 +39,9 @@ from unittest import mock
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.core.responses import ActionResult
 from moto.ecs import models as ecs_models
-from moto.ecs.exceptions import InvalidParameterException
+from moto.ecs.exceptions import ClusterNotFoundException, InvalidParameterException
 from moto.ecs.responses import EC2ContainerServiceResponse
+from moto.utilities.utils import get_partition
 
 if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
@@ -52,9 +56,10 @@ _PAGED = {"list_tasks": ("taskArns", 100), "list_services": ("serviceArns", 10),
 
 @contextmanager
 def aws_like_ecs() -> Iterator[None]:
-    """Patch moto's ECS to behave like ECS for the duration (gaps 2-5 of the module doc)."""
+    """Patch moto's ECS to behave like ECS for the duration (gaps 2-6 of the module doc)."""
     backend = ecs_models.EC2ContainerServiceBackend
     with ExitStack() as patches:
+        patches.enter_context(mock.patch.object(backend, "_get_cluster", _own_clusters_only(backend._get_cluster)))
         patches.enter_context(mock.patch.object(ecs_models.Task, "health_status", "UNKNOWN", create=True))
         patches.enter_context(mock.patch.object(backend, "list_tasks", _list_tasks_by_service(backend.list_tasks)))
         patches.enter_context(mock.patch.object(backend, "describe_tasks", _describe_tasks))
@@ -67,6 +72,16 @@ def aws_like_ecs() -> Iterator[None]:
                 mock.patch.object(EC2ContainerServiceResponse, operation, _paged(original, key, default_page))
             )
         yield
+
+
+def _own_clusters_only(original: Callable[..., Any]) -> Callable[..., Any]:
+    def get_cluster(self: Any, name: str) -> Any:
+        own = f"arn:{get_partition(self.region_name)}:ecs:{self.region_name}:{self.account_id}:cluster/"
+        if name.startswith("arn:") and not name.startswith(own):
+            raise ClusterNotFoundException
+        return original(self, name)
+
+    return get_cluster
 
 
 def _list_tasks_by_service(original: Callable[..., list[Any]]) -> Callable[..., list[Any]]:

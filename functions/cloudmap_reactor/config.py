@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from cloudmap_reactor.core.model import TagScope
 
 CLUSTER_ARN_PATTERN = re.compile(
-    r"^arn:aws(?:-[a-z]+)*:ecs:[a-z]{2}(?:-[a-z]+)+-\d{1,2}:\d{12}:cluster/[A-Za-z0-9_-]{1,255}$"
+    r"^arn:aws(?:-[a-z]+)*:ecs:[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}:[0-9]{12}:cluster/[A-Za-z0-9_-]{1,255}$"
 )
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
@@ -99,7 +99,7 @@ class Settings:
         return not self.cluster_arns or cluster_arn in self.cluster_arns
 
 
-_RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
+_RATE = re.compile(r"^rate\(([0-9]+) (minute|minutes|hour|hours|day|days)\)$")
 _UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 
 

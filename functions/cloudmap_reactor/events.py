@@ -23,8 +23,8 @@ SOURCE = "aws.ecs"
 DETAIL_TYPE = "ECS Task State Change"
 
 _PARTITION = r"aws(?:-[a-z]+)*"
-_REGION = r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}"
-_ACCOUNT = r"\d{12}"
+_REGION = r"[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}"
+_ACCOUNT = r"[0-9]{12}"  # [0-9], not \d: \d also matches other scripts' digits
 _CLUSTER_NAME = r"[A-Za-z0-9_-]{1,255}"
 # Task ids: 32 hex digits, or a UUID in the old ARN format.
 _TASK_ID = r"(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
@@ -133,5 +133,8 @@ def _timestamp(data: dict[str, Any], key: str) -> None:
 
 def _show(value: Any) -> str:
     """A bounded repr: never the whole of a possibly huge input in a log line."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # e.g. an integer beyond Python's digit limit for str()
+        return f"<{type(value).__name__}>"
     return text if len(text) <= 200 else f"{text[:200]}… ({len(text)} characters)"

@@ -94,7 +94,12 @@ class EcsReader:
     # -- internals -------------------------------------------------------------------------
     def _describe_services(self, cluster_arn: str, batch: list[str]) -> list[EcsService]:
         def call() -> Any:
-            return self._client.describe_services(cluster=cluster_arn, services=batch, include=["TAGS"])
+            try:
+                return self._client.describe_services(cluster=cluster_arn, services=batch, include=["TAGS"])
+            except ClientError as exc:
+                if error_code(exc) == "ClusterNotFoundException":  # no cluster: none of its services exist
+                    return {"services": []}
+                raise
 
         response = self._call("DescribeServices", cluster_arn, call)
         return [_to_ecs_service(cluster_arn, raw) for raw in response.get("services", [])]

@@ -9,7 +9,7 @@ from enum import StrEnum
 
 SERVICE_GROUP_PREFIX = "service:"
 _CLOUDMAP_SERVICE_ARN = re.compile(
-    r"^arn:aws(?:-[a-z]+)*:servicediscovery:[a-z0-9-]+:\d{12}:service/(srv-[A-Za-z0-9]{1,64})$"
+    r"^arn:aws(?:-[a-z]+)*:servicediscovery:[a-z0-9-]+:[0-9]{12}:service/(srv-[A-Za-z0-9]{1,64})$"
 )
 
 
