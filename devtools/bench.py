@@ -50,6 +50,7 @@ from devtools.bench_report import (
     plot,
     render,
 )
+from devtools.local_lambda import emulator_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -63,14 +64,8 @@ def worker_env(endpoint: str, extra: dict[str, str]) -> dict[str, str]:
     }
     env.update(
         {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_REGION": REGION,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "POWERTOOLS_SERVICE_NAME": "cloudmap-reactor",
+            **emulator_environment(endpoint),
             "POWERTOOLS_METRICS_NAMESPACE": "CloudMapReactorBench",
-            "POWERTOOLS_TRACE_DISABLED": "true",
             "LOG_LEVEL": "WARNING",
             "PYTHONPATH": f"{ROOT / 'functions'}{os.pathsep}{ROOT}",
             **extra,

@@ -21,6 +21,7 @@ from typing import Any
 from cloudmap_reactor import wiring
 from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client
 from cloudmap_reactor.handlers import health_poller, task_state_change
+from devtools.local_lambda import FakeLambdaContext
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,7 +90,7 @@ def worker_reactor(args: argparse.Namespace) -> dict[str, Any]:
         event["detail"].update(taskArn=task_arn, clusterArn=args.cluster, group=f"service:{args.service}")
         meter.counts.clear()
         started = time.perf_counter()
-        outcome = task_state_change.lambda_handler(event, _Context())
+        outcome = task_state_change.lambda_handler(event, FakeLambdaContext())
         results.append(
             {"seconds": time.perf_counter() - started, "calls": dict(meter.counts), "outcomes": outcome["outcomes"]}
         )
@@ -98,22 +99,10 @@ def worker_reactor(args: argparse.Namespace) -> dict[str, Any]:
 
 def worker_poll(args: argparse.Namespace) -> dict[str, Any]:
     """One real poller invocation (window and interval from the environment)."""
-    context = _Context(remaining_ms=int(args.timeout * 1000))
+    context = FakeLambdaContext(remaining_ms=int(args.timeout * 1000))
     started = time.time()
     result = health_poller.lambda_handler(json.loads((ROOT / "events" / "scheduled-poll.json").read_text()), context)
     return {"started": started, "ended": time.time(), "result": result}
-
-
-@dataclass
-class _Context:
-    function_name: str = "cloudmap-reactor-bench"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:cloudmap-reactor-bench"
-    aws_request_id: str = "00000000-0000-4000-8000-00000000bench"
-    remaining_ms: int = 60_000
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ import boto3
 from moto.server import ThreadedMotoServer
 
 from devtools.aws_emulator import FleetBuilder, aws_like_ecs
+from devtools.local_lambda import FakeLambdaContext, emulator_environment
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 REGION = "us-east-1"
@@ -46,20 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     port = args.port or _free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(
-        {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_REGION": REGION,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "POWERTOOLS_SERVICE_NAME": "cloudmap-reactor",
-            "POWERTOOLS_METRICS_NAMESPACE": "CloudMapReactor",
-            "POWERTOOLS_TRACE_DISABLED": "true",
-            "CLUSTER_ARNS": "",
-            "DRY_RUN": "false",
-        }
-    )
+    os.environ.update({**emulator_environment(endpoint), "CLUSTER_ARNS": "", "DRY_RUN": "false"})
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         os.environ.pop(name, None)
 
@@ -161,7 +149,7 @@ def _replay(seeded: Seeded, *, verbose: bool) -> None:
     for title, handler, event in steps:
         print(f"▶ {title}")
         with _captured() as (logs, stdout):
-            result = handler(event, _Context(handler.__module__.rsplit(".", 1)[-1]))
+            result = handler(event, FakeLambdaContext(function_name=handler.__module__.rsplit(".", 1)[-1]))
         print(f"  result: {json.dumps(_brief(result))}")
         for record in logs:
             extra = ", ".join(
@@ -242,17 +230,6 @@ def _task_id(name: str) -> str:
 
 def _short(task_arn: str) -> str:
     return task_arn.rsplit("/", 1)[-1]
-
-
-@dataclass
-class _Context:
-    function_name: str
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:cloudmap-reactor-demo"
-    aws_request_id: str = "00000000-0000-4000-8000-000000000000"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
 
 
 def _free_port() -> int:

@@ -17,20 +17,11 @@ from typing import Any
 
 import pytest
 
+from devtools.local_lambda import FakeLambdaContext, emulator_environment
+
 for _name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "CLUSTER_ARNS", "DRY_RUN"):
     os.environ.pop(_name, None)
-os.environ.update(
-    {
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "POWERTOOLS_SERVICE_NAME": "cloudmap-reactor",
-        "POWERTOOLS_METRICS_NAMESPACE": "CloudMapReactor",
-        "POWERTOOLS_TRACE_DISABLED": "true",
-        "POWERTOOLS_DEV": "false",
-    }
-)
+os.environ.update({**emulator_environment(), "POWERTOOLS_DEV": "false"})
 
 import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402
@@ -55,18 +46,6 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """Set function environment variables; the next invocation re-reads them as a cold start would."""
     yield monkeypatch
     wiring.reset()
-
-
-@dataclass
-class FakeLambdaContext:
-    function_name: str = "cloudmap-reactor-test"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:cloudmap-reactor-test"
-    aws_request_id: str = "5b1e2c3d-0000-4000-8000-000000000000"
-    _remaining_ms: int = 60_000
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self._remaining_ms
 
 
 @pytest.fixture

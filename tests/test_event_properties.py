@@ -46,7 +46,8 @@ from cloudmap_reactor.events import (
 )
 from cloudmap_reactor.handlers import task_state_change
 from devtools.aws_emulator import FleetBuilder, SeededService
-from tests.conftest import FakeLambdaContext, Output, load_event, task_event
+from devtools.local_lambda import FakeLambdaContext
+from tests.conftest import Output, load_event, task_event
 
 Path = tuple[str | int, ...]
 Registrations = frozenset[tuple[str, str]]  # (Cloud Map service id, instance id)

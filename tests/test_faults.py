@@ -20,7 +20,8 @@ from moto.servicediscovery.models import ServiceDiscoveryBackend
 from cloudmap_reactor.adapters.clients import TOTAL_MAX_ATTEMPTS, cloudmap_client
 from cloudmap_reactor.handlers import task_state_change
 from devtools.aws_emulator import FleetBuilder, SeededService
-from tests.conftest import FakeLambdaContext, task_event
+from devtools.local_lambda import FakeLambdaContext
+from tests.conftest import task_event
 
 
 class ServiceUnavailable(JsonRESTError):

@@ -11,7 +11,8 @@ from cloudmap_reactor import wiring
 from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client
 from cloudmap_reactor.handlers import health_poller
 from devtools.aws_emulator import FleetBuilder, SeededService
-from tests.conftest import FakeLambdaContext, FakeTime, count_calls, load_event
+from devtools.local_lambda import FakeLambdaContext
+from tests.conftest import FakeTime, count_calls, load_event
 
 
 def poll(context: FakeLambdaContext) -> dict[str, Any]:

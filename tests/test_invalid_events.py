@@ -10,7 +10,8 @@ import pytest
 
 from cloudmap_reactor.handlers import task_state_change
 from devtools.aws_emulator import FleetBuilder, SeededService
-from tests.conftest import FakeLambdaContext, task_event
+from devtools.local_lambda import FakeLambdaContext
+from tests.conftest import task_event
 
 Mutation = Callable[[dict[str, Any]], Any]
 

@@ -12,7 +12,8 @@ from cloudmap_reactor import wiring
 from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client
 from cloudmap_reactor.handlers import task_state_change
 from devtools.aws_emulator import FleetBuilder, SeededService
-from tests.conftest import FakeLambdaContext, load_event, task_event
+from devtools.local_lambda import FakeLambdaContext
+from tests.conftest import load_event, task_event
 
 Fleet = tuple[SeededService, SeededService]
 

@@ -21,8 +21,9 @@ from moto.servicediscovery.models import ServiceDiscoveryBackend
 from cloudmap_reactor.handlers import task_state_change
 from devtools import redrive
 from devtools.aws_emulator import FleetBuilder, SeededService
+from devtools.local_lambda import FakeLambdaContext
 from devtools.redrive import DeadEvent, Deliver, DeliveryFailed, LambdaDelivery, SetupError, SqsDeadLetterQueue
-from tests.conftest import FakeLambdaContext, task_event
+from tests.conftest import task_event
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient

@@ -12,7 +12,8 @@ import pytest
 
 from cloudmap_reactor.handlers import health_poller, task_state_change
 from devtools.aws_emulator import FleetBuilder, SeededService
-from tests.conftest import FakeLambdaContext, load_event, task_event
+from devtools.local_lambda import FakeLambdaContext
+from tests.conftest import load_event, task_event
 
 
 def poll(context: FakeLambdaContext) -> dict[str, Any]:
