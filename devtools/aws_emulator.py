@@ -164,10 +164,12 @@ class FleetBuilder:
         registry_names: Sequence[str] = (),
         namespace: str = "internal",
         tags: dict[str, str] | None = None,
+        service_connect: bool | None = None,
     ) -> SeededService:
         """An ECS service. ``discovery_names``: Service Connect on, one Cloud Map service each.
 
         ``registry_names``: classic service discovery (``serviceRegistries``), one Cloud Map service each.
+        ``service_connect=True`` without discovery names: a Service Connect client only (say, WordPress).
         """
         family = f"{name}-td"
         self.ecs.register_task_definition(
@@ -185,8 +187,10 @@ class FleetBuilder:
         )["service"]["serviceArn"]
         cluster_arn = self._cluster_arn(cluster)
         ids = [self.create_cloudmap_service(namespace, discovery) for discovery in discovery_names]
-        if ids:
-            self._deployments(cluster, name)[0]["serviceConnectResources"] = [
+        if ids or service_connect:
+            deployment = self._deployments(cluster, name)[0]
+            deployment["serviceConnectConfiguration"] = {"enabled": True, "namespace": self.namespace_arn(namespace)}
+            deployment["serviceConnectResources"] = [
                 {"discoveryName": d, "discoveryArn": self.cloudmap_service_arn(i)}
                 for d, i in zip(discovery_names, ids, strict=True)
             ]
@@ -221,6 +225,7 @@ class FleetBuilder:
         *,
         register_in: Sequence[str] | None = None,
         task_ids: Sequence[str] = (),
+        started_at: datetime | None = None,
     ) -> list[str]:
         """Tasks the ECS scheduler starts for a service, registered in Cloud Map as Service Connect does.
 
@@ -238,7 +243,7 @@ class FleetBuilder:
         for index, wanted_id in enumerate(task_ids[:count]):
             arns[index] = self._rename_task(arns[index], wanted_id)
         for arn in arns:
-            self._task(arn).started_at = datetime.now(UTC)
+            self._task(arn).started_at = started_at or datetime.now(UTC)
             for service_id in service.cloudmap_service_ids if register_in is None else register_in:
                 self.register_task_instance(service_id, service, arn)
         service.task_arns.extend(arns)
@@ -272,6 +277,11 @@ class FleetBuilder:
             namespace_id = self.cloudmap.get_operation(OperationId=operation)["Operation"]["Targets"]["NAMESPACE"]
             self._namespace_ids[namespace] = namespace_id
         return self.cloudmap.create_service(Name=name, NamespaceId=namespace_id)["Service"]["Id"]
+
+    def namespace_arn(self, namespace: str) -> str:
+        if namespace not in self._namespace_ids:
+            self.create_cloudmap_service(namespace, f"{namespace}-placeholder")
+        return f"arn:aws:servicediscovery:{self.region}:{self.account_id}:namespace/{self._namespace_ids[namespace]}"
 
     def cloudmap_service_arn(self, service_id: str) -> str:
         return f"arn:aws:servicediscovery:{self.region}:{self.account_id}:service/{service_id}"

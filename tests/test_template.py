@@ -323,6 +323,7 @@ def test_environment(stack: Stack) -> None:
     assert poller_env["ECS_READS_PER_SECOND"] == "10"
     assert poller_env["MIN_HEALTHY_PERCENT"] == "50"
     assert poller_env["RECONCILE_EVERY_PASSES"] == "6"
+    assert poller_env["REDEPLOY_STALE_CLIENTS"] == poller_env["STALE_CHECK_ALL_ENDPOINTS"] == "false"
     assert reactor_env["TAG_SCOPE"] == poller_env["TAG_SCOPE"] == "opt-out"
     # Whatever the template passes, the poller accepts at cold start and polls for 50 s of 60.
     settings = Settings.from_env({k: str(v) for k, v in poller_env.items()})
@@ -583,7 +584,14 @@ def test_poller_permissions_for_every_cluster(stack: Stack) -> None:
         "ecs:DescribeTasks": [(ECS_TASKS, None)],
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
+        "servicediscovery:GetService": [(CLOUDMAP_SERVICES, None)],
     }
+
+
+def test_poller_may_redeploy_services_only_when_healing_is_on() -> None:
+    assert "ecs:UpdateService" not in grants(Stack({}), POLLER)
+    assert grants(Stack({"RedeployStaleClients": "true"}), POLLER)["ecs:UpdateService"] == [(ECS_SERVICES, None)]
+    assert "ecs:UpdateService" not in grants(Stack({"RedeployStaleClients": "true"}), REACTOR)
 
 
 def test_poller_permissions_for_given_clusters(scoped_stack: Stack) -> None:
@@ -595,6 +603,7 @@ def test_poller_permissions_for_given_clusters(scoped_stack: Stack) -> None:
         "ecs:DescribeTasks": [(ECS_TASKS, None)],
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
+        "servicediscovery:GetService": [(CLOUDMAP_SERVICES, None)],
     }
 
 
@@ -623,6 +632,18 @@ ALARMS: dict[str, dict[str, Json]] = {
         "Statistic": "Sum",
         "Period": 60,
         "EvaluationPeriods": 1,
+        "Threshold": 0,
+        "ComparisonOperator": "GreaterThanThreshold",
+        "TreatMissingData": "notBreaching",
+    },
+    "StaleDependencyAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "StaleDependencyTasks",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Maximum",
+        "Period": 60,
+        "EvaluationPeriods": "15",  # a parameter (StaleAlarmMinutes), as CloudFormation passes it
+        "DatapointsToAlarm": "15",
         "Threshold": 0,
         "ComparisonOperator": "GreaterThanThreshold",
         "TreatMissingData": "notBreaching",
@@ -737,6 +758,8 @@ def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
         "UnhealthyTasksFound",
         "FailOpenActivated",
         "OrphanInstances",
+        "StaleDependencyTasks",
+        "ClientsRedeployed",
     ):
         assert (name, "service", SERVICE) in custom, name
     duration_stats = {m[-1].get("stat") for m in metrics if m[1] == "HealthScanDuration"}

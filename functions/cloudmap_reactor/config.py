@@ -43,6 +43,9 @@ class Settings:
     tag_scope: TagScope = TagScope.OPT_OUT
     min_healthy_percent: float = 50.0
     reconcile_every_passes: int = 6  # 0: never
+    # Start order
+    redeploy_stale_clients: bool = False
+    stale_check_every_endpoint: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -65,6 +68,10 @@ class Settings:
         refresh = int(number("SERVICE_REFRESH_PASSES", default=6, low=1, high=10_000, integer=True))
         budget = number("ECS_READS_PER_SECOND", default=10, low=0, high=1000)
         concurrency = int(number("SCAN_CONCURRENCY", default=8, low=1, high=64, integer=True))
+        redeploy = _parse_bool("REDEPLOY_STALE_CLIENTS", env.get("REDEPLOY_STALE_CLIENTS", "false"), problems)
+        every_endpoint = _parse_bool(
+            "STALE_CHECK_ALL_ENDPOINTS", env.get("STALE_CHECK_ALL_ENDPOINTS", "false"), problems
+        )
         min_healthy = number("MIN_HEALTHY_PERCENT", default=50, low=0, high=100)
         reconcile = int(number("RECONCILE_EVERY_PASSES", default=6, low=0, high=10_000, integer=True))
         scope_text = env.get("TAG_SCOPE", "").strip().lower() or TagScope.OPT_OUT.value
@@ -92,6 +99,8 @@ class Settings:
             tag_scope=TagScope(scope_text),
             min_healthy_percent=min_healthy,
             reconcile_every_passes=reconcile,
+            redeploy_stale_clients=redeploy,
+            stale_check_every_endpoint=every_endpoint,
         )
 
     def in_scope(self, cluster_arn: str) -> bool:

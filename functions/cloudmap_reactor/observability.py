@@ -30,6 +30,8 @@ class MetricName(StrEnum):
     HEALTH_SCAN_DURATION = "HealthScanDuration"
     FAIL_OPEN_ACTIVATED = "FailOpenActivated"
     ORPHAN_INSTANCES = "OrphanInstances"
+    STALE_DEPENDENCY_TASKS = "StaleDependencyTasks"
+    CLIENTS_REDEPLOYED = "ClientsRedeployed"
 
 
 def count(name: MetricName, value: float = 1) -> None:

@@ -12,7 +12,7 @@ from functools import cache
 
 from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client, reset_clients
 from cloudmap_reactor.adapters.cloudmap import CloudMapDeregistrar
-from cloudmap_reactor.adapters.ecs import EcsReader
+from cloudmap_reactor.adapters.ecs import EcsReader, EcsServiceUpdater
 from cloudmap_reactor.adapters.rate_limit import TokenBucket
 from cloudmap_reactor.config import Settings
 from cloudmap_reactor.core.health_scan import HealthScanner
@@ -33,6 +33,7 @@ class PollerDeps:
     fleet: EcsReader
     remover: CloudMapDeregistrar
     ecs_budget: TokenBucket
+    updater: EcsServiceUpdater
 
     def new_scanner(self) -> HealthScanner:
         """A scanner for one invocation: what it learns about services lasts that long."""
@@ -46,6 +47,9 @@ class PollerDeps:
             scope=self.settings.tag_scope,
             min_healthy_percent=self.settings.min_healthy_percent,
             reconcile_every=self.settings.reconcile_every_passes,
+            redeployer=self.updater,
+            redeploy_stale_clients=self.settings.redeploy_stale_clients,
+            every_endpoint=self.settings.stale_check_every_endpoint,
         )
 
 
@@ -77,6 +81,7 @@ def poller_deps() -> PollerDeps:
         fleet=EcsReader(ecs, executor=ThreadPoolExecutor(max_workers=config.scan_concurrency)),
         remover=CloudMapDeregistrar(cloudmap_client()),
         ecs_budget=budget,
+        updater=EcsServiceUpdater(ecs),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
@@ -31,6 +32,12 @@ class CloudMapDeregistrar:
                 ServiceId=cloudmap_service_id, PaginationConfig={"PageSize": 100}
             )
             return {instance["Id"] for page in pages for instance in page.get("Instances", [])}
+
+    def service_created_at(self, cloudmap_service_id: str) -> datetime:
+        """When the Cloud Map service (a Service Connect endpoint) was created."""
+        with aws_call("GetService", cloudmap_service_id):
+            created = self._client.get_service(Id=cloudmap_service_id)["Service"]["CreateDate"]
+        return created if created.tzinfo else created.replace(tzinfo=UTC)
 
     def deregister_instance(self, cloudmap_service_id: str, instance_id: str) -> RemovalResult:
         """Idempotent: an instance that is already gone is not an error."""

@@ -139,13 +139,36 @@ def _to_ecs_service(cluster_arn: str, raw: Any) -> EcsService:
     ]
     arns += [registry.get("registryArn", "") for registry in raw.get("serviceRegistries", [])]
     ids = {service_id for arn in arns if (service_id := cloudmap_service_id(arn)) is not None}
+    deployments = raw.get("deployments", [])
+    primary = next((d for d in deployments if d.get("status") == "PRIMARY"), deployments[0] if deployments else {})
+    connect = primary.get("serviceConnectConfiguration") or {}
+    endpoints = tuple(
+        (resource["discoveryName"], service_id)
+        for resource in primary.get("serviceConnectResources", [])
+        if "discoveryName" in resource and (service_id := cloudmap_service_id(resource.get("discoveryArn", "")))
+    )
     return EcsService(
         cluster_arn=cluster_arn,
         service_name=raw["serviceName"],
         service_arn=raw["serviceArn"],
         cloudmap_service_ids=frozenset(ids),
         tags=tuple((t["key"], t["value"]) for t in raw.get("tags", []) if "key" in t and "value" in t),
+        service_connect=bool(connect.get("enabled")) or bool(endpoints),
+        namespace=connect.get("namespace"),
+        endpoints=endpoints,
+        deployment_in_progress=len(deployments) > 1 or primary.get("rolloutState") == "IN_PROGRESS",
     )
+
+
+class EcsServiceUpdater:
+    """The one ECS write: start a new deployment of a service (start-order healing)."""
+
+    def __init__(self, client: ECSClient) -> None:
+        self._client = client
+
+    def force_new_deployment(self, cluster_arn: str, service_name: str) -> None:
+        with aws_call("UpdateService", f"{cluster_arn} {service_name}"):
+            self._client.update_service(cluster=cluster_arn, service=service_name, forceNewDeployment=True)
 
 
 def _to_task_snapshot(cluster_arn: str, raw: Any) -> TaskSnapshot:

@@ -6,6 +6,9 @@ services (which use Cloud Map, their tags) is kept between passes and refreshed 
 steady state a pass over T tasks in a cluster costs ``ListTasks`` and ``DescribeTasks`` once per
 100 tasks each: the batching floor. Clusters are scanned concurrently.
 
+Start order (``core.start_order``): client tasks that started before an endpoint they depend on
+existed are reported, and optionally their service is redeployed (one per cluster per pass).
+
 Safety (``core.safety``): per service, the fail-open guard can hold back every removal; every
 ``reconcile_every`` passes the Cloud Map instances of each service are listed (before the tasks)
 and instances of tasks ECS reports stopping or stopped are removed; instances whose task ECS does
@@ -18,16 +21,25 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from cloudmap_reactor.core.deregistration import deregister_task
 from cloudmap_reactor.core.model import Deregistration, EcsService, Outcome, Reason, TagScope, TaskSnapshot
-from cloudmap_reactor.core.ports import AwsCallFailed, CloudMapRegistry, FleetReader
+from cloudmap_reactor.core.ports import AwsCallFailed, CloudMapRegistry, FleetReader, ServiceRedeployer
 from cloudmap_reactor.core.safety import (
     RemovalPlan,
     is_leaving,
     is_unhealthy_and_running,
     looks_like_task_id,
     plan_unhealthy_removals,
+)
+from cloudmap_reactor.core.start_order import (
+    StaleClient,
+    choose_redeployment,
+    created_dates,
+    declared_dependencies,
+    dependency_endpoints,
+    find_stale,
 )
 
 ALL_CLUSTERS = "*"
@@ -65,11 +77,19 @@ class ClusterFailure:
 
 @dataclass(frozen=True, slots=True)
 class ReconcileFailure:
-    """Reconciliation of one service (or a cluster's confirmation reads) failed; the pass went on."""
+    """Reconciliation or the start-order check of one service failed; the pass went on."""
 
     cluster_arn: str
     service_name: str
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Redeployment:
+    """A stale client this pass redeployed (or, in a dry run, would have)."""
+
+    client: StaleClient
+    dry_run: bool
 
 
 @dataclass(slots=True)
@@ -85,6 +105,8 @@ class HealthPassResult:
     orphans: list[OrphanInstance] = field(default_factory=list)
     cluster_failures: list[ClusterFailure] = field(default_factory=list)
     reconcile_failures: list[ReconcileFailure] = field(default_factory=list)
+    stale_clients: list[StaleClient] = field(default_factory=list)
+    redeployments: list[Redeployment] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -103,6 +125,8 @@ class HealthPassResult:
         self.orphans.extend(other.orphans)
         self.cluster_failures.extend(other.cluster_failures)
         self.reconcile_failures.extend(other.reconcile_failures)
+        self.stale_clients.extend(other.stale_clients)
+        self.redeployments.extend(other.redeployments)
 
 
 def tasks_by_service(
@@ -144,7 +168,15 @@ class HealthScanner:
         scope: TagScope = TagScope.OPT_OUT,
         min_healthy_percent: float = 50.0,
         reconcile_every: int = 6,
+        redeployer: ServiceRedeployer | None = None,
+        redeploy_stale_clients: bool = False,
+        every_endpoint: bool = False,
     ) -> None:
+        self._redeployer = redeployer
+        self._heal_all = redeploy_stale_clients
+        self._every_endpoint = every_endpoint
+        self._created: dict[str, datetime] = {}  # Cloud Map service id -> CreateDate, for this invocation
+        self._redeployed: set[str] = set()  # service ARNs redeployed in this invocation
         self._fleet = fleet
         self._registry = registry
         self._scope = scope
@@ -225,7 +257,46 @@ class HealthScanner:
         if registered is not None:
             result.reconciled_services = len(registered)
             self._reconcile(cluster_arn, registered, {t.task_id for t in tasks}, result)
+        self._check_start_order(cluster_arn, view, tasks, result)
         return result
+
+    def _check_start_order(
+        self, cluster_arn: str, view: _ClusterView, tasks: list[TaskSnapshot], result: HealthPassResult
+    ) -> None:
+        """Find client tasks started before an endpoint they depend on existed; heal one client if asked."""
+        described = [s for s in view.services.values() if s is not None]
+        clients = {
+            s.service_name: s
+            for s in described
+            if s.service_connect and s.in_scope(self._scope) and (self._every_endpoint or declared_dependencies(s))
+        }
+        if not clients:
+            return
+        grouped = tasks_by_service(tasks, clients)
+        stale: list[StaleClient] = []
+        for name, client in sorted(clients.items()):
+            endpoints = dependency_endpoints(client, described, every_endpoint=self._every_endpoint)
+            if not endpoints or name not in grouped:
+                continue
+            try:
+                created = created_dates(endpoints, self._registry.service_created_at, self._created)
+            except AwsCallFailed as exc:
+                result.reconcile_failures.append(ReconcileFailure(cluster_arn, name, str(exc)))
+                continue
+            if found := find_stale(client, grouped[name], created):
+                stale.append(found)
+        result.stale_clients.extend(stale)
+        choice = choose_redeployment(stale, heal_all=self._heal_all, already=self._redeployed)
+        if choice is None or self._redeployer is None:
+            return
+        if not self._dry_run:
+            try:
+                self._redeployer.force_new_deployment(cluster_arn, choice.service.service_name)
+            except AwsCallFailed as exc:
+                result.reconcile_failures.append(ReconcileFailure(cluster_arn, choice.service.service_name, str(exc)))
+                return
+        self._redeployed.add(choice.service.service_arn)
+        result.redeployments.append(Redeployment(client=choice, dry_run=self._dry_run))
 
     def _remove_unhealthy(self, service: EcsService, tasks: list[TaskSnapshot], result: HealthPassResult) -> None:
         removed = {arn for arn in (t.task_arn for t in tasks) if self._removed.get(arn)}

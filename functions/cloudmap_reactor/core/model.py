@@ -24,6 +24,9 @@ class Reason(StrEnum):
 # Service tags that scope this tool (read with DescribeServices include=[TAGS]).
 IGNORE_TAG = "cloudmap-reactor:ignore"
 ENABLED_TAG = "cloudmap-reactor:enabled"
+# Service tags of the start-order check: the discovery names a client needs, and per-service healing.
+DEPENDS_ON_TAG = "cloudmap-reactor:depends-on"
+REDEPLOY_STALE_TAG = "cloudmap-reactor:redeploy-stale"
 
 
 class TagScope(StrEnum):
@@ -75,6 +78,12 @@ class EcsService:
     service_arn: str
     cloudmap_service_ids: frozenset[str] = field(default_factory=frozenset)
     tags: tuple[tuple[str, str], ...] = ()
+    # Service Connect: on at all (a client may expose no endpoint), its namespace, its endpoints
+    # as (discovery name, Cloud Map service id), and whether a deployment is under way.
+    service_connect: bool = False
+    namespace: str | None = None
+    endpoints: tuple[tuple[str, str], ...] = ()
+    deployment_in_progress: bool = False
 
     @property
     def uses_cloudmap(self) -> bool:
@@ -85,16 +94,17 @@ class EcsService:
 
     def in_scope(self, scope: TagScope) -> bool:
         """Whether this tool may touch the service's registrations at all (both functions ask)."""
-        if _is_true(self.tag(IGNORE_TAG)):
+        if is_true(self.tag(IGNORE_TAG)):
             return False
-        return scope is TagScope.OPT_OUT or _is_true(self.tag(ENABLED_TAG))
+        return scope is TagScope.OPT_OUT or is_true(self.tag(ENABLED_TAG))
 
     def managed(self, scope: TagScope) -> bool:
         """Registered in Cloud Map (Service Connect or service discovery) and in scope."""
         return self.uses_cloudmap and self.in_scope(scope)
 
 
-def _is_true(value: str | None) -> bool:
+def is_true(value: str | None) -> bool:
+    """A tag value meaning yes (``true``, any case)."""
     return value is not None and value.strip().lower() == "true"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from enum import Enum
 from typing import Protocol
 
@@ -27,6 +28,16 @@ class InstanceRemover(Protocol):
 class CloudMapRegistry(InstanceRemover, Protocol):
     def list_instance_ids(self, cloudmap_service_id: str) -> set[str]:
         """The instance ids registered in one Cloud Map service."""
+        ...
+
+    def service_created_at(self, cloudmap_service_id: str) -> datetime:
+        """When the Cloud Map service was created (timezone-aware)."""
+        ...
+
+
+class ServiceRedeployer(Protocol):
+    def force_new_deployment(self, cluster_arn: str, service_name: str) -> None:
+        """Replace every task of the service (they pick up the endpoints that exist now)."""
         ...
 
 

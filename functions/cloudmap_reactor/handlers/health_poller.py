@@ -99,15 +99,39 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
                 "instance_id": orphan.instance_id,
             },
         )
+    for stale in result.stale_clients:
+        logger.warning(
+            "Client tasks started before endpoints they depend on existed: they cannot resolve them",
+            extra={
+                "cluster_arn": stale.service.cluster_arn,
+                "ecs_service": stale.service.service_name,
+                "stale_tasks": len(stale.stale_tasks),
+                "endpoints": {name: created.isoformat() for name, created in stale.newer_endpoints},
+                "oldest_task_started_at": min(t.started_at for t in stale.stale_tasks if t.started_at).isoformat(),
+            },
+        )
+    for redeployment in result.redeployments:
+        logger.warning(
+            ("DRY_RUN: would force a new deployment of" if redeployment.dry_run else "Forced a new deployment of")
+            + " a stale client",
+            extra={
+                "cluster_arn": redeployment.client.service.cluster_arn,
+                "ecs_service": redeployment.client.service.service_name,
+            },
+        )
     for skipped in result.reconcile_failures:
         logger.error(
-            "Could not reconcile; the rest of the pass went on",
+            "Could not reconcile or check start order; the rest of the pass went on",
             extra={"cluster_arn": skipped.cluster_arn, "ecs_service": skipped.service_name, "error": skipped.error},
         )
     for failure in result.cluster_failures:
         logger.error("Could not scan cluster", extra={"cluster_arn": failure.cluster_arn, "error": failure.error})
     count(MetricName.UNHEALTHY_TASKS_FOUND, len(result.unhealthy))
     count(MetricName.FAIL_OPEN_ACTIVATED, len(result.fail_open))
+    count(MetricName.STALE_DEPENDENCY_TASKS, sum(len(s.stale_tasks) for s in result.stale_clients))
+    redeployed = sum(1 for r in result.redeployments if not r.dry_run)
+    if redeployed:
+        count(MetricName.CLIENTS_REDEPLOYED, redeployed)
     if result.reconciled_services:
         count(MetricName.ORPHAN_INSTANCES, len(result.orphans))
     metrics.add_metric(name=MetricName.HEALTH_SCAN_DURATION.value, unit=MetricUnit.Milliseconds, value=duration_ms)
