@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(CURDIR)/$(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat requirements-dev.txt functions/requirements.txt | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat requirements-dev.txt functions/requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
 # Only what the Lambda functions import: cold-import times are measured in here by `make bench`.
 RUNTIME_VENV := .venv-runtime
@@ -18,7 +18,7 @@ export SAM_CLI_TELEMETRY := 0
 export CHECKOV := $(CURDIR)/$(SCAN_VENV)/bin/checkov
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help venv lint typecheck unit validate test demo demo-server bench redrive build clean
+.PHONY: help venv lint typecheck unit validate test demo demo-server bench redrive doctor plan build clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,7 @@ $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --editable .  # the cloudmap-reactor command
 	touch $@
 
 venv: $(STAMP)  ## Create .venv with everything below (only when the requirements changed)
@@ -70,6 +71,12 @@ bench: venv $(RUNTIME_STAMP)  ## Measure passes at 1k/5k/10k tasks, the reactor,
 
 redrive: venv  ## Replay the dead-letter queue through the reactor (STACK=name, ARGS="--dry-run" …)
 	$(BIN)/python -m devtools.redrive --stack-name $(or $(STACK),cloudmap-reactor) $(ARGS)
+
+doctor: venv  ## Read-only check of your AWS account (your profile/region; ARGS="--cluster prod --json")
+	$(BIN)/cloudmap-reactor doctor $(ARGS)
+
+plan: venv  ## What one poller pass would deregister in your account, and why (read-only)
+	$(BIN)/cloudmap-reactor plan $(ARGS)
 
 build: venv  ## sam build (no Docker needed)
 	$(BIN)/sam build

@@ -139,6 +139,12 @@ def _to_ecs_service(cluster_arn: str, raw: Any) -> EcsService:
     ]
     arns += [registry.get("registryArn", "") for registry in raw.get("serviceRegistries", [])]
     ids = {service_id for arn in arns if (service_id := cloudmap_service_id(arn)) is not None}
+    named = [
+        (resource.get("discoveryName", "?"), resource.get("discoveryArn", ""))
+        for deployment in raw.get("deployments", [])
+        for resource in deployment.get("serviceConnectResources", [])
+    ] + [("(registry)", registry.get("registryArn", "")) for registry in raw.get("serviceRegistries", [])]
+    discovery = tuple(sorted({(name, sid) for name, arn in named if (sid := cloudmap_service_id(arn))}))
     deployments = raw.get("deployments", [])
     primary = next((d for d in deployments if d.get("status") == "PRIMARY"), deployments[0] if deployments else {})
     connect = primary.get("serviceConnectConfiguration") or {}
@@ -157,6 +163,7 @@ def _to_ecs_service(cluster_arn: str, raw: Any) -> EcsService:
         namespace=connect.get("namespace"),
         endpoints=endpoints,
         deployment_in_progress=len(deployments) > 1 or primary.get("rolloutState") == "IN_PROGRESS",
+        discovery=discovery,
     )
 
 

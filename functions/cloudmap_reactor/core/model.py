@@ -84,6 +84,8 @@ class EcsService:
     namespace: str | None = None
     endpoints: tuple[tuple[str, str], ...] = ()
     deployment_in_progress: bool = False
+    # Every (discovery name, Cloud Map service id) of every deployment; "(registry)" for serviceRegistries.
+    discovery: tuple[tuple[str, str], ...] = ()
 
     @property
     def uses_cloudmap(self) -> bool:

@@ -1,0 +1,198 @@
+"""`cloudmap-reactor doctor` and `cloudmap-reactor plan`: read-only looks at an account before deploying.
+
+Both use the caller's normal AWS credentials, profile and region (or the local emulator through
+``AWS_ENDPOINT_URL``), the same adapters and the same decisions as the functions. They can only
+read: every client they create refuses, before sending, any operation that is not a Describe,
+List or Get, so no deregistration or deployment is reachable from here.
+
+* ``doctor``: per cluster and per Service Connect / service-discovery service, Cloud Map next to
+  ECS: discovery names, instances vs running tasks, instances that match no task ECS knows (the
+  task-id assumption does not hold, or a leak), instances of stopping tasks, tasks with no
+  instance, UNHEALTHY tasks still registered, UNKNOWN tasks, services where fail-open would hold,
+  start-order drift. Exit 1 when something
+  needs attention, 0 when not, 2 on error.
+* ``plan``: one poller pass in dry-run mode: exactly which instances it would deregister and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from cloudmap_reactor.adapters.clients import CLIENT_CONFIG
+from cloudmap_reactor.adapters.cloudmap import CloudMapDeregistrar
+from cloudmap_reactor.adapters.ecs import EcsReader
+from cloudmap_reactor.core.diagnosis import Diagnosis, ServiceDiagnosis, diagnose_cluster
+from cloudmap_reactor.core.health_scan import HealthScanner
+from cloudmap_reactor.core.model import TagScope
+from cloudmap_reactor.core.ports import AwsCallFailed
+
+READ_OPERATIONS = ("Describe", "List", "Get")
+
+
+class MutationRefused(RuntimeError):
+    """A non-read AWS operation was attempted from the read-only commands."""
+
+
+def refuse_mutations(model: Any, **_: Any) -> None:
+    """botocore ``before-call`` hook: only reads leave this process."""
+    if not model.name.startswith(READ_OPERATIONS):
+        raise MutationRefused(f"{model.service_model.service_name}:{model.name} is not a read operation")
+
+
+def read_only_clients(profile: str | None, region: str | None) -> tuple[Any, Any]:
+    session = boto3.Session(profile_name=profile, region_name=region)
+    clients = session.client("ecs", config=CLIENT_CONFIG), session.client("servicediscovery", config=CLIENT_CONFIG)
+    for client in clients:
+        client.meta.events.register_first("before-call", refuse_mutations)
+    return clients
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cloudmap-reactor", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["doctor", "plan"])
+    parser.add_argument("--cluster", action="append", default=[], help="cluster name or ARN (repeat; default: all)")
+    parser.add_argument("--profile", help="AWS profile (default: the usual credential chain)")
+    parser.add_argument("--region", help="AWS region (default: the profile's or AWS_REGION)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--min-healthy-percent", type=float, default=50.0)
+    parser.add_argument("--tag-scope", choices=[s.value for s in TagScope], default=TagScope.OPT_OUT.value)
+    parser.add_argument("--all-endpoints", action="store_true", help="start order: every endpoint is a dependency")
+    args = parser.parse_args(argv)
+    try:
+        ecs, cloudmap = read_only_clients(args.profile, args.region)
+        fleet, registry = EcsReader(ecs), CloudMapDeregistrar(cloudmap)
+        clusters = args.cluster or fleet.list_cluster_arns()
+        if args.command == "doctor":
+            return _doctor(args, fleet, registry, clusters)
+        return _plan(args, fleet, registry, clusters)
+    except (AwsCallFailed, ClientError, BotoCoreError, MutationRefused) as exc:
+        print(f"cloudmap-reactor {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _doctor(args: argparse.Namespace, fleet: EcsReader, registry: CloudMapDeregistrar, clusters: list[str]) -> int:
+    diagnosis = Diagnosis()
+    cache: dict[str, Any] = {}
+    for index, cluster in enumerate(clusters, start=1):
+        print(f"[{index}/{len(clusters)}] scanning {cluster} …", file=sys.stderr, flush=True)
+        diagnosis.services.extend(
+            diagnose_cluster(
+                cluster,
+                fleet=fleet,
+                registry=registry,
+                scope=TagScope(args.tag_scope),
+                min_healthy_percent=args.min_healthy_percent,
+                every_endpoint=args.all_endpoints,
+                created_cache=cache,
+            )
+        )
+    if args.json:
+        report = [{**asdict(s), "needs_attention": s.needs_attention} for s in diagnosis.services]
+        print(json.dumps({"needs_attention": diagnosis.needs_attention, "services": report}, indent=2))
+    else:
+        print(_doctor_table(diagnosis.services))
+    return 1 if diagnosis.needs_attention else 0
+
+
+def _doctor_table(services: list[ServiceDiagnosis]) -> str:
+    header = (
+        *("cluster/service", "discovery", "tasks", "inst", "no task", "stopping", "no inst"),
+        *("unhealthy", "unknown", "fail-open", "stale", "status"),
+    )
+    rows = [header]
+    for s in services:
+        rows.append(
+            (
+                f"{s.cluster_arn.rsplit('/', 1)[-1]}/{s.service_name}" + ("" if s.in_scope else " (out of scope)"),
+                ",".join(sorted({name for name, _ in s.discovery})) or "-",
+                str(s.running_tasks),
+                str(s.registered_instances),
+                str(len(s.unmatched_instances)),
+                str(len(s.stopping_registered)),
+                str(len(s.tasks_without_instance)),
+                str(len(s.unhealthy_registered)),
+                str(s.unknown_health),
+                "yes" if s.fail_open else "no",
+                ",".join(s.stale_endpoints) if s.stale_tasks else "-",
+                "ATTENTION" if s.needs_attention else "ok",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    details = (
+        [
+            f"  {s.service_name}: instances matching no task: {', '.join(s.unmatched_instances)}"
+            for s in services
+            if s.unmatched_instances
+        ]
+        + [
+            f"  {s.service_name}: stopping or stopped but still registered: {', '.join(s.stopping_registered)}"
+            for s in services
+            if s.stopping_registered
+        ]
+        + [
+            f"  {s.service_name}: running but registered nowhere: {', '.join(s.tasks_without_instance)}"
+            for s in services
+            if s.tasks_without_instance
+        ]
+        + [
+            f"  {s.service_name}: UNHEALTHY and still registered: {', '.join(s.unhealthy_registered)}"
+            for s in services
+            if s.unhealthy_registered
+        ]
+    )
+    return "\n".join([*lines, *(["", *details] if details else [])])
+
+
+def _plan(args: argparse.Namespace, fleet: EcsReader, registry: CloudMapDeregistrar, clusters: list[str]) -> int:
+    scanner = HealthScanner(
+        fleet=fleet,
+        registry=registry,
+        cluster_arns=clusters,
+        dry_run=True,
+        scope=TagScope(args.tag_scope),
+        min_healthy_percent=args.min_healthy_percent,
+        reconcile_every=1,
+        every_endpoint=args.all_endpoints,
+    )
+    result = scanner.run_pass()
+    plan: dict[str, list[Any]] = {
+        "deregister": [
+            {
+                "cluster": d.cluster_arn,
+                "service": d.service_name,
+                "instance_id": d.instance_id,
+                "cloudmap_service_id": d.cloudmap_service_id,
+                "reason": d.reason.value,
+            }
+            for d in result.deregistrations
+        ],
+        "fail_open": [f.service.service_name for f in result.fail_open],
+        "orphan_instances": [o.instance_id for o in result.orphans],
+        "stale_clients": [s.service.service_name for s in result.stale_clients],
+        "clusters_not_scanned": [f.cluster_arn for f in result.cluster_failures],
+    }
+    if args.json:
+        print(json.dumps(plan, indent=2))
+    else:
+        for d in plan["deregister"]:
+            print(f"would deregister {d['instance_id']} from {d['cloudmap_service_id']} "
+                  f"({d['service']}, {d['reason']})")  # fmt: skip
+        for name in plan["fail_open"]:
+            print(f"would keep {name}'s UNHEALTHY tasks: fail-open (too few would stay healthy)")
+        for instance in plan["orphan_instances"]:
+            print(f"would leave {instance}: it matches no task ECS knows (counted as an orphan)")
+        if not any(plan.values()):
+            print("nothing to do")
+    return 2 if result.cluster_failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
