@@ -232,7 +232,7 @@ def measure_and_report(args: argparse.Namespace) -> int:
             )
             print("Seeding the emulator …", flush=True)
             started = time.perf_counter()
-            fleets = [seed(builder, size) for size in FLEETS]
+            fleets = [seed(builder, size) for size in args.fleets]
             print(f"  {sum(f.tasks for f in fleets)} tasks in {time.perf_counter() - started:.0f} s", flush=True)
 
             scans = {}
@@ -245,7 +245,8 @@ def measure_and_report(args: argparse.Namespace) -> int:
             print("Reactor warm path …", flush=True)
             reactor = _reactor(endpoint, fleets[0], latency)
             print("Detection latency inside one invocation …", flush=True)
-            detections = [_detection(endpoint, fleet, builder, latency) for fleet in (fleets[0], fleets[-1])]
+            smallest_and_largest = {fleet.tasks: fleet for fleet in (fleets[0], fleets[-1])}.values()
+            detections = [_detection(endpoint, fleet, builder, latency) for fleet in smallest_and_largest]
         finally:
             server.stop()
     print("Cold imports …", flush=True)
@@ -316,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         "--runtime-python", default=sys.executable, help="interpreter with only the runtime deps (cold imports)"
     )
     parser.add_argument("--out", type=Path, default=DOCS, help="where benchmarks.md and benchmarks.png go")
+    parser.add_argument(
+        "--fleets",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        default=FLEETS,
+        help="fleet sizes in tasks, comma-separated (default: 1000,5000,10000)",
+    )
     return measure_and_report(parser.parse_args(argv))
 
 
