@@ -172,27 +172,28 @@ class HealthScanner:
         redeploy_stale_clients: bool = False,
         every_endpoint: bool = False,
     ) -> None:
-        self._redeployer = redeployer
-        self._heal_all = redeploy_stale_clients
-        self._every_endpoint = every_endpoint
-        self._created: dict[str, datetime] = {}  # Cloud Map service id -> CreateDate, for this invocation
-        self._redeployed: set[str] = set()  # service ARNs redeployed in this invocation
         self._fleet = fleet
         self._registry = registry
-        self._scope = scope
-        self._min_healthy_percent = min_healthy_percent
-        self._reconcile_every = reconcile_every
         self._configured_clusters = list(cluster_arns)
         self._dry_run = dry_run
         self._refresh_every = max(1, refresh_every)
         self._concurrency = max(1, concurrency)
+        self._scope = scope
+        self._min_healthy_percent = min_healthy_percent
+        self._reconcile_every = reconcile_every
+        self._redeployer = redeployer
+        self._heal_all = redeploy_stale_clients
+        self._every_endpoint = every_endpoint
+        # What this invocation has learnt, kept between its passes:
         self._pass = -1
         self._clusters: list[str] | None = None
         self._clusters_listed_on = -1
         self._views: dict[str, _ClusterView] = {}
-        # Cloud Map services each task was already taken out of during this invocation: an
-        # UNHEALTHY task stays in ECS until it is replaced, and is not deregistered again each pass.
+        # Cloud Map services each task was already taken out of: an UNHEALTHY task stays in ECS
+        # until it is replaced, and is not deregistered again each pass.
         self._removed: dict[str, set[str]] = {}
+        self._created: dict[str, datetime] = {}  # Cloud Map service id -> CreateDate
+        self._redeployed: set[str] = set()  # service ARNs given a new deployment
 
     def run_pass(self) -> HealthPassResult:
         """One pass over every cluster; a cluster whose reads fail is recorded, the others still scanned."""
