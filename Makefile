@@ -21,7 +21,7 @@ export PATH := $(BIN):$(PATH)
 .PHONY: help venv lint typecheck unit validate test demo demo-server bench redrive doctor plan build clean
 
 help:  ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP):
 	rm -rf $(VENV)
