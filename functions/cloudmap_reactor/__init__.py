@@ -8,3 +8,5 @@ Layout (handler -> core -> adapters):
 * ``config``    environment variables parsed once into a typed ``Settings``.
 * ``observability``  the one Logger, Tracer and Metrics of the application.
 """
+
+__version__ = "0.2.0"  # also the package version (pyproject.toml) and the probes' User-Agent

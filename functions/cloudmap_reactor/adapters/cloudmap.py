@@ -1,4 +1,4 @@
-"""Cloud Map writes: deregister one instance."""
+"""Cloud Map: list a service's instances, read when it was created, deregister one instance."""
 
 from __future__ import annotations
 
@@ -20,18 +20,22 @@ _IN_PROGRESS = {"DuplicateRequest"}
 
 
 class CloudMapDeregistrar:
-    """Cloud Map as the core sees it: list a service's instance ids, deregister one instance."""
+    """Cloud Map as the core sees it: list a service's instances, deregister one instance."""
 
     def __init__(self, client: ServiceDiscoveryClient) -> None:
         self._client = client
 
-    def list_instance_ids(self, cloudmap_service_id: str) -> set[str]:
-        """Every instance id registered in one Cloud Map service (100 per page, the maximum)."""
+    def list_instances(self, cloudmap_service_id: str) -> dict[str, dict[str, str]]:
+        """Instance id -> attributes of every instance in one Cloud Map service (100 per page, the maximum)."""
         with aws_call("ListInstances", cloudmap_service_id):
             pages = self._client.get_paginator("list_instances").paginate(
                 ServiceId=cloudmap_service_id, PaginationConfig={"PageSize": 100}
             )
-            return {instance["Id"] for page in pages for instance in page.get("Instances", [])}
+            return {
+                instance["Id"]: dict(instance.get("Attributes", {}))
+                for page in pages
+                for instance in page.get("Instances", [])
+            }
 
     def service_created_at(self, cloudmap_service_id: str) -> datetime:
         """When the Cloud Map service (a Service Connect endpoint) was created."""

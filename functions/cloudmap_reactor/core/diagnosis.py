@@ -105,7 +105,7 @@ def _diagnose(
 ) -> ServiceDiagnosis:
     running = [t for t in tasks if t.last_status == "RUNNING"]
     running_ids = {t.task_id for t in running}
-    instances = {sid: registry.list_instance_ids(sid) for sid in sorted(service.cloudmap_service_ids)}
+    instances = {sid: set(registry.list_instances(sid)) for sid in sorted(service.cloudmap_service_ids)}
     registered = set().union(*instances.values()) if instances else set()
     missing = sorted(t.task_id for t in running if all(t.task_id not in ids for ids in instances.values()))
     not_running = sorted(registered - running_ids)

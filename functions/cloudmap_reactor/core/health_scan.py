@@ -9,7 +9,13 @@ steady state a pass over T tasks in a cluster costs ``ListTasks`` and ``Describe
 Start order (``core.start_order``): client tasks that started before an endpoint they depend on
 existed are reported, and optionally their service is redeployed (one per cluster per pass).
 
-Safety (``core.safety``): per service, the fail-open guard can hold back every removal; every
+HTTP probes (``core.probing``): services tagged ``cloudmap-reactor:http-check`` have their
+registered instances probed each pass, after every cluster has been read and before anything is
+decided, so the probing of the whole pass has one time bound. An instance that failed
+``probe_failure_threshold`` probes in a row leaves the Cloud Map service it failed in.
+
+Safety (``core.safety``): per service, the fail-open guard can hold back every removal (ECS
+health and probes alike); every
 ``reconcile_every`` passes the Cloud Map instances of each service are listed (before the tasks)
 and instances of tasks ECS reports stopping or stopped are removed; instances whose task ECS does
 not know are only counted, never removed on one sighting.
@@ -25,8 +31,19 @@ from datetime import datetime
 
 from cloudmap_reactor.core.deregistration import deregister_task
 from cloudmap_reactor.core.model import Deregistration, EcsService, Outcome, Reason, TagScope, TaskSnapshot
-from cloudmap_reactor.core.ports import AwsCallFailed, CloudMapRegistry, FleetReader, ServiceRedeployer
+from cloudmap_reactor.core.ports import AwsCallFailed, CloudMapRegistry, FleetReader, HttpProber, ServiceRedeployer
+from cloudmap_reactor.core.probing import (
+    FailureCounter,
+    HttpCheck,
+    InvalidHttpCheck,
+    ProbeResult,
+    ProbeTarget,
+    ProbeVerdict,
+    http_check_of,
+    probe_target,
+)
 from cloudmap_reactor.core.safety import (
+    RUNNING,
     RemovalPlan,
     is_leaving,
     is_unhealthy_and_running,
@@ -92,6 +109,26 @@ class Redeployment:
     dry_run: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeProblem:
+    """A service or instance that cannot be probed (bad tag, no address); reported once per invocation."""
+
+    cluster_arn: str
+    service_name: str
+    error: str
+    cloudmap_service_id: str | None = None
+    instance_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FailedProbe:
+    """A failed probe and how many in a row the instance has failed now."""
+
+    result: ProbeResult
+    service: EcsService
+    consecutive_failures: int
+
+
 @dataclass(slots=True)
 class HealthPassResult:
     clusters_scanned: int = 0
@@ -107,6 +144,9 @@ class HealthPassResult:
     reconcile_failures: list[ReconcileFailure] = field(default_factory=list)
     stale_clients: list[StaleClient] = field(default_factory=list)
     redeployments: list[Redeployment] = field(default_factory=list)
+    probes: list[ProbeResult] = field(default_factory=list)
+    failed_probes: list[FailedProbe] = field(default_factory=list)
+    probe_problems: list[ProbeProblem] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -127,6 +167,9 @@ class HealthPassResult:
         self.reconcile_failures.extend(other.reconcile_failures)
         self.stale_clients.extend(other.stale_clients)
         self.redeployments.extend(other.redeployments)
+        self.probes.extend(other.probes)
+        self.failed_probes.extend(other.failed_probes)
+        self.probe_problems.extend(other.probe_problems)
 
 
 def tasks_by_service(
@@ -141,6 +184,10 @@ def tasks_by_service(
     return grouped
 
 
+# Service name -> Cloud Map service id -> instance id -> attributes, as listed this pass.
+Registered = dict[str, dict[str, dict[str, dict[str, str]]]]
+
+
 @dataclass
 class _ClusterView:
     """The services of one cluster as last described; ``None`` marks a name ECS does not know."""
@@ -153,8 +200,25 @@ class _ClusterView:
         return {name: s for name, s in self.services.items() if s is not None and s.managed(scope)}
 
 
+@dataclass
+class _ClusterRead:
+    """What the first phase of a pass read in one cluster, for the probing and deciding phases."""
+
+    cluster_arn: str
+    view: _ClusterView
+    tasks: list[TaskSnapshot]
+    registered: Registered
+    reconcile: bool
+    checks: dict[str, HttpCheck]  # service name -> its HTTP check (services that opted in)
+    result: HealthPassResult
+
+
 class HealthScanner:
-    """Runs health passes over the clusters in scope (every cluster when ``cluster_arns`` is empty)."""
+    """Runs health passes over the clusters in scope (every cluster when ``cluster_arns`` is empty).
+
+    A pass has three phases: read every cluster (concurrently), probe the instances of services
+    with an HTTP check (one bounded call to the prober), then decide and act per cluster.
+    """
 
     def __init__(
         self,
@@ -171,6 +235,8 @@ class HealthScanner:
         redeployer: ServiceRedeployer | None = None,
         redeploy_stale_clients: bool = False,
         every_endpoint: bool = False,
+        prober: HttpProber | None = None,
+        probe_failure_threshold: int = 3,
     ) -> None:
         self._fleet = fleet
         self._registry = registry
@@ -184,6 +250,9 @@ class HealthScanner:
         self._redeployer = redeployer
         self._heal_all = redeploy_stale_clients
         self._every_endpoint = every_endpoint
+        self._prober = prober  # None: probing is off (the poller has no network path to tasks)
+        self._probe_failures = FailureCounter(probe_failure_threshold)
+        self._probe_problems_reported: set[tuple[str, str, str]] = set()
         # What this invocation has learnt, kept between its passes:
         self._pass = -1
         self._clusters: list[str] | None = None
@@ -207,7 +276,14 @@ class HealthScanner:
         if not clusters:
             return result
         with ThreadPoolExecutor(max_workers=min(self._concurrency, len(clusters))) as pool:
-            for cluster_result in pool.map(self._scan_cluster_safely, clusters):
+            reads: list[_ClusterRead] = []
+            for read in pool.map(self._read_cluster_safely, clusters):
+                if isinstance(read, _ClusterRead):
+                    reads.append(read)
+                else:
+                    result.merge(read)
+            failing = self._probe(reads, result)
+            for cluster_result in pool.map(lambda read: self._act_on_cluster(read, failing), reads):
                 result.merge(cluster_result)
         return result
 
@@ -219,14 +295,14 @@ class HealthScanner:
             self._clusters_listed_on = self._pass
         return self._clusters
 
-    def _scan_cluster_safely(self, cluster_arn: str) -> HealthPassResult:
+    def _read_cluster_safely(self, cluster_arn: str) -> _ClusterRead | HealthPassResult:
         try:
-            return self._scan_cluster(cluster_arn)
+            return self._read_cluster(cluster_arn)
         except AwsCallFailed as exc:
             self._views.pop(cluster_arn, None)  # describe it afresh next pass
             return HealthPassResult(cluster_failures=[ClusterFailure(cluster_arn=cluster_arn, error=str(exc))])
 
-    def _scan_cluster(self, cluster_arn: str) -> HealthPassResult:
+    def _read_cluster(self, cluster_arn: str) -> _ClusterRead:
         result = HealthPassResult(clusters_scanned=1)
         view = self._views.get(cluster_arn)
         if view is None or self._pass - view.described_on_pass >= self._refresh_every:
@@ -234,32 +310,108 @@ class HealthScanner:
             result.services_described += len(described)
             view = _ClusterView({s.service_name: s for s in described}, described_on_pass=self._pass)
             self._views[cluster_arn] = view
-        if not view.managed(self._scope):
-            return result  # nothing here is registered in Cloud Map and in scope: no task reads needed
+        managed = view.managed(self._scope)
+        read = _ClusterRead(cluster_arn, view, [], {}, reconcile=False, checks={}, result=result)
+        if not managed:
+            return read  # nothing here is registered in Cloud Map and in scope: no task reads needed
 
-        reconcile = self._reconcile_every > 0 and self._pass % self._reconcile_every == 0
+        read.reconcile = self._reconcile_every > 0 and self._pass % self._reconcile_every == 0
+        read.checks = self._http_checks(cluster_arn, managed, result)
+        listed = managed if read.reconcile else {name: managed[name] for name in read.checks}
         # Listed before the tasks: an instance registered after this by a task that starts after
         # the task listing would otherwise look like a leftover.
-        registered = self._registered_instances(cluster_arn, view.managed(self._scope), result) if reconcile else None
+        read.registered = self._list_instances(cluster_arn, listed, result) if listed else {}
 
-        tasks = self._fleet.describe_running_tasks(cluster_arn)
-        result.tasks_examined = len(tasks)
-        unknown = sorted({t.service_name for t in tasks if t.service_name and t.service_name not in view.services})
+        read.tasks = self._fleet.describe_running_tasks(cluster_arn)
+        result.tasks_examined = len(read.tasks)
+        unknown = sorted({t.service_name for t in read.tasks if t.service_name and t.service_name not in view.services})
         if unknown:  # a service created since the last refresh
             found = {s.service_name: s for s in self._fleet.describe_services(cluster_arn, unknown)}
             result.services_described += len(found)
             view.services.update({name: found.get(name) for name in unknown})
+        return read
 
-        services = view.managed(self._scope)
+    def _act_on_cluster(self, read: _ClusterRead, failing: set[tuple[str, str]]) -> HealthPassResult:
+        """Decide and deregister, reconcile, check start order: the failures here are per service."""
+        result = read.result
+        services = read.view.managed(self._scope)
+        if not services:
+            return result
         result.services_with_cloudmap = len(services)
-        grouped = tasks_by_service(tasks, services)
+        grouped = tasks_by_service(read.tasks, services)
         for name, service in services.items():
-            self._remove_unhealthy(service, grouped.get(name, []), result)
-        if registered is not None:
-            result.reconciled_services = len(registered)
-            self._reconcile(cluster_arn, registered, {t.task_id for t in tasks}, result)
-        self._check_start_order(cluster_arn, view, tasks, result)
+            tasks = grouped.get(name, [])
+            self._remove_unhealthy(service, tasks, result, probe_failed=_failing_tasks(service, tasks, failing))
+        if read.reconcile:
+            result.reconciled_services = len(read.registered)
+            self._reconcile(read.cluster_arn, read.registered, {t.task_id for t in read.tasks}, result)
+        self._check_start_order(read.cluster_arn, read.view, read.tasks, result)
         return result
+
+    # -- HTTP probes ---------------------------------------------------------------------------
+    def _http_checks(
+        self, cluster_arn: str, services: Mapping[str, EcsService], result: HealthPassResult
+    ) -> dict[str, HttpCheck]:
+        """The services to probe this pass; a service whose tags are wrong is reported and left alone."""
+        if self._prober is None:
+            return {}
+        checks: dict[str, HttpCheck] = {}
+        for name, service in services.items():
+            try:
+                check = http_check_of(service)
+            except InvalidHttpCheck as exc:
+                self._report_once(result, ProbeProblem(cluster_arn, name, str(exc)))
+                continue
+            if check is not None:
+                checks[name] = check
+        return checks
+
+    def _probe(self, reads: Sequence[_ClusterRead], result: HealthPassResult) -> set[tuple[str, str]]:
+        """Probe every target of the pass at once; the (Cloud Map service id, instance id) now over the threshold."""
+        if self._prober is None:
+            return set()
+        targets: dict[tuple[str, str], tuple[ProbeTarget, EcsService]] = {}
+        for read in reads:
+            for target, service in self._probe_targets(read):
+                targets[target.key] = (target, service)
+        results = self._prober.probe([target for target, _ in targets.values()]) if targets else []
+        self._probe_failures.record(results, still_probed=targets)
+        result.probes.extend(results)
+        for probe in results:
+            if probe.verdict is ProbeVerdict.FAILED:
+                service = targets[probe.target.key][1]
+                failures = self._probe_failures.failures(probe.target.key)
+                result.failed_probes.append(FailedProbe(probe, service, failures))
+        return self._probe_failures.over_threshold()
+
+    def _probe_targets(self, read: _ClusterRead) -> list[tuple[ProbeTarget, EcsService]]:
+        """Registered instances of opted-in services whose task runs and is still registered there."""
+        targets: list[tuple[ProbeTarget, EcsService]] = []
+        services = read.view.managed(self._scope)
+        grouped = tasks_by_service(read.tasks, services)
+        for name, check in read.checks.items():
+            service = services.get(name)
+            if service is None:
+                continue
+            running = {
+                t.task_id: t for t in grouped.get(name, []) if t.last_status == RUNNING and t.desired_status == RUNNING
+            }
+            for sid, instances in sorted(read.registered.get(name, {}).items()):
+                for instance_id, attributes in sorted(instances.items()):
+                    task = running.get(instance_id)
+                    if task is None or sid in self._removed.get(task.task_arn, ()):
+                        continue
+                    try:
+                        targets.append((probe_target(sid, instance_id, attributes, check), service))
+                    except InvalidHttpCheck as exc:
+                        self._report_once(read.result, ProbeProblem(read.cluster_arn, name, str(exc), sid, instance_id))
+        return targets
+
+    def _report_once(self, result: HealthPassResult, problem: ProbeProblem) -> None:
+        key = (problem.cluster_arn, problem.service_name, problem.error)
+        if key not in self._probe_problems_reported:
+            self._probe_problems_reported.add(key)
+            result.probe_problems.append(problem)
 
     def _check_start_order(
         self, cluster_arn: str, view: _ClusterView, tasks: list[TaskSnapshot], result: HealthPassResult
@@ -299,15 +451,37 @@ class HealthScanner:
         self._redeployed.add(choice.service.service_arn)
         result.redeployments.append(Redeployment(client=choice, dry_run=self._dry_run))
 
-    def _remove_unhealthy(self, service: EcsService, tasks: list[TaskSnapshot], result: HealthPassResult) -> None:
+    def _remove_unhealthy(
+        self,
+        service: EcsService,
+        tasks: list[TaskSnapshot],
+        result: HealthPassResult,
+        *,
+        probe_failed: Mapping[str, set[str]],
+    ) -> None:
+        """ECS-UNHEALTHY tasks leave every Cloud Map service; probe-failed ones the services they failed in."""
         removed = {arn for arn in (t.task_arn for t in tasks) if self._removed.get(arn)}
-        plan = plan_unhealthy_removals(tasks, already_removed=removed, min_healthy_percent=self._min_healthy_percent)
+        plan = plan_unhealthy_removals(
+            tasks,
+            already_removed=removed,
+            min_healthy_percent=self._min_healthy_percent,
+            failing_probes=probe_failed.keys(),
+        )
         result.unhealthy.extend(UnhealthyTask(task=t, service=service) for t in tasks if is_unhealthy_and_running(t))
         if plan.fail_open:
             result.fail_open.append(FailOpen(service=service, plan=plan))
             return
         for task in plan.remove:
-            self._deregister(service, task.task_arn, reason=Reason.UNHEALTHY, result=result)
+            if is_unhealthy_and_running(task):
+                self._deregister(service, task.task_arn, reason=Reason.UNHEALTHY, result=result)
+            else:
+                self._deregister(
+                    service, task.task_arn, reason=Reason.PROBE_FAILED, result=result, only=probe_failed[task.task_arn]
+                )
+        # A task already out of one Cloud Map service that now fails its probes in another one: it
+        # no longer counts as registered and healthy, so removing it changes nothing for the guard.
+        for task_arn in sorted(removed & probe_failed.keys()):
+            self._deregister(service, task_arn, reason=Reason.PROBE_FAILED, result=result, only=probe_failed[task_arn])
 
     def _deregister(
         self,
@@ -335,21 +509,22 @@ class HealthScanner:
         done.update(r.cloudmap_service_id for r in records if r.outcome is not Outcome.FAILED)
         result.deregistrations.extend(records)
 
-    def _registered_instances(
+    def _list_instances(
         self, cluster_arn: str, services: Mapping[str, EcsService], result: HealthPassResult
-    ) -> dict[str, dict[str, set[str]]]:
-        """Service name -> Cloud Map service id -> instance ids registered there now.
+    ) -> Registered:
+        """The instances registered now in each service's Cloud Map services.
 
-        A service whose instances cannot be listed is left out of this reconciliation (and reported).
+        A service whose instances cannot be listed is left out of this pass's reconciliation and
+        probing (and reported).
         """
 
-        def listing(service: EcsService) -> dict[str, set[str]] | ReconcileFailure:
+        def listing(service: EcsService) -> dict[str, dict[str, dict[str, str]]] | ReconcileFailure:
             try:
-                return {sid: self._registry.list_instance_ids(sid) for sid in sorted(service.cloudmap_service_ids)}
+                return {sid: self._registry.list_instances(sid) for sid in sorted(service.cloudmap_service_ids)}
             except AwsCallFailed as exc:
                 return ReconcileFailure(cluster_arn, service.service_name, str(exc))
 
-        registered: dict[str, dict[str, set[str]]] = {}
+        registered: Registered = {}
         with ThreadPoolExecutor(max_workers=self._concurrency) as pool:
             for name, listed in zip(services, pool.map(listing, services.values()), strict=True):
                 if isinstance(listed, ReconcileFailure):
@@ -361,7 +536,7 @@ class HealthScanner:
     def _reconcile(
         self,
         cluster_arn: str,
-        registered: Mapping[str, Mapping[str, set[str]]],
+        registered: Registered,
         running_task_ids: set[str],
         result: HealthPassResult,
     ) -> None:
@@ -369,7 +544,7 @@ class HealthScanner:
         places: dict[str, list[tuple[str, str]]] = defaultdict(list)  # instance id -> (service, cloudmap id)
         for service_name, by_cloudmap_id in registered.items():
             for cloudmap_id, instance_ids in by_cloudmap_id.items():
-                for instance_id in instance_ids - running_task_ids:
+                for instance_id in instance_ids.keys() - running_task_ids:
                     places[instance_id].append((service_name, cloudmap_id))
         task_like = sorted(i for i in places if looks_like_task_id(i))
         try:
@@ -394,3 +569,15 @@ class HealthScanner:
                         service, task.task_arn, reason=Reason.RECONCILED, result=result, only=[cloudmap_id]
                     )
             # else: a task that started after the listing, or runs elsewhere; nothing to do
+
+
+def _failing_tasks(
+    service: EcsService, tasks: Iterable[TaskSnapshot], failing: set[tuple[str, str]]
+) -> dict[str, set[str]]:
+    """Task ARN -> the service's Cloud Map service ids the task's instance failed its probes in."""
+    by_id = {t.task_id: t.task_arn for t in tasks}
+    found: dict[str, set[str]] = defaultdict(set)
+    for sid, instance_id in failing:
+        if sid in service.cloudmap_service_ids and instance_id in by_id:
+            found[by_id[instance_id]].add(sid)
+    return dict(found)

@@ -19,6 +19,7 @@ class Reason(StrEnum):
     TASK_STOPPING = "TaskStopping"
     UNHEALTHY = "Unhealthy"
     RECONCILED = "Reconciled"
+    PROBE_FAILED = "ProbeFailed"
 
 
 # Service tags that scope this tool (read with DescribeServices include=[TAGS]).
@@ -27,6 +28,9 @@ ENABLED_TAG = "cloudmap-reactor:enabled"
 # Service tags of the start-order check: the discovery names a client needs, and per-service healing.
 DEPENDS_ON_TAG = "cloudmap-reactor:depends-on"
 REDEPLOY_STALE_TAG = "cloudmap-reactor:redeploy-stale"
+# Active HTTP health checks (core.probing): the path (or port and path) to probe, and the good codes.
+HTTP_CHECK_TAG = "cloudmap-reactor:http-check"
+HTTP_CHECK_CODES_TAG = "cloudmap-reactor:http-check-codes"
 
 
 class TagScope(StrEnum):

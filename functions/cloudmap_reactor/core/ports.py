@@ -8,6 +8,7 @@ from enum import Enum
 from typing import Protocol
 
 from cloudmap_reactor.core.model import EcsService, TaskSnapshot
+from cloudmap_reactor.core.probing import ProbeResult, ProbeTarget
 
 
 class AwsCallFailed(Exception):
@@ -26,8 +27,8 @@ class InstanceRemover(Protocol):
 
 
 class CloudMapRegistry(InstanceRemover, Protocol):
-    def list_instance_ids(self, cloudmap_service_id: str) -> set[str]:
-        """The instance ids registered in one Cloud Map service."""
+    def list_instances(self, cloudmap_service_id: str) -> dict[str, dict[str, str]]:
+        """Instance id -> attributes (address, port, ...) of every instance registered in one Cloud Map service."""
         ...
 
     def service_created_at(self, cloudmap_service_id: str) -> datetime:
@@ -57,3 +58,9 @@ class FleetReader(ServiceDirectory, Protocol):
         ...
 
     def describe_tasks(self, cluster_arn: str, task_arns: Iterable[str]) -> list[TaskSnapshot]: ...
+
+
+class HttpProber(Protocol):
+    def probe(self, targets: Sequence[ProbeTarget]) -> list[ProbeResult]:
+        """Probe every target concurrently; one result each, returned within the prober's time bound."""
+        ...

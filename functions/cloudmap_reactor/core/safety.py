@@ -9,7 +9,7 @@ healthy: a blip in a shared dependency then degrades the service instead of empt
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from cloudmap_reactor.core.model import TaskSnapshot
@@ -25,7 +25,7 @@ _TASK_ID = re.compile(r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
 
 @dataclass(frozen=True, slots=True)
 class RemovalPlan:
-    """Which UNHEALTHY tasks of one service to deregister now, or why none."""
+    """Which unhealthy tasks of one service to deregister now, or why none."""
 
     remove: list[TaskSnapshot] = field(default_factory=list)
     unhealthy: int = 0
@@ -39,20 +39,30 @@ class RemovalPlan:
 
 
 def plan_unhealthy_removals(
-    tasks: Iterable[TaskSnapshot], *, already_removed: set[str], min_healthy_percent: float
+    tasks: Iterable[TaskSnapshot],
+    *,
+    already_removed: Collection[str],
+    min_healthy_percent: float,
+    failing_probes: Collection[str] = frozenset(),
 ) -> RemovalPlan:
-    """Deregister a service's UNHEALTHY running tasks only if enough stay registered and healthy.
+    """Deregister a service's unhealthy running tasks only if enough stay registered and healthy.
 
     ``tasks`` are the service's tasks whose desired status is RUNNING; only those that are RUNNING
-    count. Healthy means not UNHEALTHY (``UNKNOWN`` tasks have no health check and serve traffic).
-    ``already_removed`` are task ARNs this tool took out earlier; they no longer count as registered.
-    If removing the new UNHEALTHY tasks would leave fewer than ``min_healthy_percent`` percent of
-    the running tasks registered and healthy, nothing is removed (fail open).
+    count. Unhealthy means ECS reports UNHEALTHY, or the task's ARN is in ``failing_probes`` (it
+    failed the HTTP probes the threshold number of times); ``UNKNOWN`` tasks have no health check
+    and serve traffic. ``already_removed`` are task ARNs this tool took out earlier; they no longer
+    count as registered. If removing the new unhealthy tasks would leave fewer than
+    ``min_healthy_percent`` percent of the running tasks registered and healthy, nothing is
+    removed (fail open).
     """
     running = [t for t in tasks if t.last_status == RUNNING and t.desired_status == RUNNING]
-    unhealthy = [t for t in running if is_unhealthy_and_running(t)]
+
+    def sick(task: TaskSnapshot) -> bool:
+        return task.health_status == UNHEALTHY or task.task_arn in failing_probes
+
+    unhealthy = [t for t in running if sick(t)]
     new = [t for t in unhealthy if t.task_arn not in already_removed]
-    healthy_after = sum(1 for t in running if t.health_status != UNHEALTHY and t.task_arn not in already_removed)
+    healthy_after = sum(1 for t in running if not sick(t) and t.task_arn not in already_removed)
     plan = RemovalPlan(remove=new, unhealthy=len(unhealthy), running=len(running), healthy_after=healthy_after)
     if new and plan.healthy_percent_after < min_healthy_percent:
         return RemovalPlan(unhealthy=len(unhealthy), running=len(running), healthy_after=healthy_after, fail_open=True)
