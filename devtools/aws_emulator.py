@@ -226,10 +226,12 @@ class FleetBuilder:
         register_in: Sequence[str] | None = None,
         task_ids: Sequence[str] = (),
         started_at: datetime | None = None,
+        addresses: Sequence[tuple[str, int]] = (),
     ) -> list[str]:
         """Tasks the ECS scheduler starts for a service, registered in Cloud Map as Service Connect does.
 
         ``task_ids`` pins the ids (moto picks random ones), so that recorded events match the tasks.
+        ``addresses`` pins the (IPv4, port) each task registers, say a local HTTP server to probe.
         """
         tasks = self.ecs.run_task(
             cluster=service.cluster_arn,
@@ -242,10 +244,11 @@ class FleetBuilder:
         arns = [t["taskArn"] for t in tasks]
         for index, wanted_id in enumerate(task_ids[:count]):
             arns[index] = self._rename_task(arns[index], wanted_id)
-        for arn in arns:
+        for index, arn in enumerate(arns):
             self._task(arn).started_at = started_at or datetime.now(UTC)
+            address = addresses[index] if index < len(addresses) else None
             for service_id in service.cloudmap_service_ids if register_in is None else register_in:
-                self.register_task_instance(service_id, service, arn)
+                self.register_task_instance(service_id, service, arn, address=address)
         service.task_arns.extend(arns)
         return arns
 
@@ -286,15 +289,18 @@ class FleetBuilder:
     def cloudmap_service_arn(self, service_id: str) -> str:
         return f"arn:aws:servicediscovery:{self.region}:{self.account_id}:service/{service_id}"
 
-    def register_task_instance(self, service_id: str, service: SeededService, task_arn: str) -> None:
+    def register_task_instance(
+        self, service_id: str, service: SeededService, task_arn: str, *, address: tuple[str, int] | None = None
+    ) -> None:
         """Register the task under its task id, with the attributes Service Connect writes."""
         task_id = task_arn.rsplit("/", 1)[-1]
+        ip, port = address or (self._next_ip(), 8080)
         self.cloudmap.register_instance(
             ServiceId=service_id,
             InstanceId=task_id,
             Attributes={
-                "AWS_INSTANCE_IPV4": self._next_ip(),
-                "AWS_INSTANCE_PORT": "8080",
+                "AWS_INSTANCE_IPV4": ip,
+                "AWS_INSTANCE_PORT": str(port),
                 "ECS_CLUSTER_NAME": service.cluster_arn.rsplit("/", 1)[-1],
                 "ECS_SERVICE_NAME": service.name,
                 "ECS_TASK_DEFINITION_FAMILY": f"{service.name}-td",

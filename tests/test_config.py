@@ -54,3 +54,33 @@ def test_bad_configuration_fails_the_invocation_with_the_message(
     env.setenv("DRY_RUN", "perhaps")
     with pytest.raises(ConfigError, match="DRY_RUN='perhaps' must be true or false"):
         task_state_change.lambda_handler(load_event("task-stopping.json"), lambda_context)
+
+
+def test_http_probes_are_off_unless_the_template_turns_them_on() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.http_probes, defaults.probe_failure_threshold) == (False, 3)
+    assert (defaults.probe_connect_timeout_seconds, defaults.probe_read_timeout_seconds) == (1.0, 2.0)
+    tuned = Settings.from_env(
+        {
+            "HTTP_PROBES": "true",
+            "PROBE_CONNECT_TIMEOUT_SECONDS": "0.5",
+            "PROBE_READ_TIMEOUT_SECONDS": "5",
+            "PROBE_FAILURE_THRESHOLD": "2",
+            "PROBE_CONCURRENCY": "64",
+        }
+    )
+    assert (tuned.http_probes, tuned.probe_connect_timeout_seconds, tuned.probe_read_timeout_seconds) == (
+        True,
+        0.5,
+        5.0,
+    )
+    assert (tuned.probe_failure_threshold, tuned.probe_concurrency) == (2, 64)
+
+
+def test_probe_settings_are_bounded() -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env(
+            {"PROBE_CONNECT_TIMEOUT_SECONDS": "0", "PROBE_READ_TIMEOUT_SECONDS": "60", "PROBE_FAILURE_THRESHOLD": "1.5"}
+        )
+    for name in ("PROBE_CONNECT_TIMEOUT_SECONDS", "PROBE_READ_TIMEOUT_SECONDS", "PROBE_FAILURE_THRESHOLD"):
+        assert name in str(raised.value)

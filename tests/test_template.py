@@ -141,6 +141,8 @@ class Stack:
             if key == "Ref":
                 if arg == "AWS::NoValue":
                     return NO_VALUE
+                if self.template["Parameters"].get(arg, {}).get("Type") == "CommaDelimitedList":
+                    return self.refs[arg].split(",")
                 if arg in self.refs:
                     return self.refs[arg]
                 assert arg in self.template["Resources"], f"Ref to unknown {arg}"
@@ -355,6 +357,45 @@ def test_environment_follows_parameters() -> None:
     poller_env = stack.properties(POLLER)["Environment"]["Variables"]
     assert (poller_env["POLL_INTERVAL_SECONDS"], poller_env["POLL_WINDOW_SECONDS"]) == ("5", "0")
     assert poller_env["ECS_READS_PER_SECOND"] == "0"
+
+
+VPC = {"ProbeSubnetIds": "subnet-0a,subnet-0b", "ProbeSecurityGroupIds": "sg-0probe"}
+VPC_POLICY = "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
+
+
+def test_http_probe_parameters_reach_the_poller(stack: Stack) -> None:
+    poller_env = stack.properties(POLLER)["Environment"]["Variables"]
+    assert {k: v for k, v in poller_env.items() if "PROBE" in k} == {
+        "HTTP_PROBES": "false",
+        "PROBE_CONNECT_TIMEOUT_SECONDS": "1",
+        "PROBE_READ_TIMEOUT_SECONDS": "2",
+        "PROBE_FAILURE_THRESHOLD": "3",
+        "PROBE_CONCURRENCY": "32",
+    }
+    assert "HTTP_PROBES" not in stack.properties(REACTOR)["Environment"]["Variables"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"ProbeSubnetIds": "subnet-0a"}, {"ProbeSecurityGroupIds": "sg-0probe"}],
+    ids=["none", "subnets-only", "groups-only"],
+)
+def test_without_subnets_and_groups_the_poller_stays_out_of_any_vpc_and_probes_nothing(params: Params) -> None:
+    stack = Stack(params)
+    assert "VpcConfig" not in stack.properties(POLLER)
+    assert stack.properties(POLLER)["Environment"]["Variables"]["HTTP_PROBES"] == "false"
+    assert VPC_POLICY not in role_of(stack, POLLER)["ManagedPolicyArns"]
+
+
+def test_with_subnets_and_groups_the_poller_runs_in_the_vpc_and_probes() -> None:
+    stack = Stack(VPC)
+    poller = stack.properties(POLLER)
+    assert poller["VpcConfig"] == {"SubnetIds": ["subnet-0a", "subnet-0b"], "SecurityGroupIds": ["sg-0probe"]}
+    assert poller["Environment"]["Variables"]["HTTP_PROBES"] == "true"
+    assert VPC_POLICY in role_of(stack, POLLER)["ManagedPolicyArns"]  # to create its network interfaces
+    assert "VpcConfig" not in stack.properties(REACTOR)
+    settings = Settings.from_env({k: str(v) for k, v in poller["Environment"]["Variables"].items()})
+    assert settings.http_probes
 
 
 def test_poller_never_overlaps_and_is_never_retried(stack: Stack) -> None:
@@ -748,8 +789,10 @@ def dashboard_metrics(stack: Stack) -> list[list[Json]]:
 def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
     metrics = dashboard_metrics(namespaced_stack)
     custom = {tuple(m[1:-1] if isinstance(m[-1], dict) else m[1:]) for m in metrics if m[0] == NAMESPACE}
-    for reason in ("TaskStopping", "Unhealthy", "Reconciled"):
+    for reason in ("TaskStopping", "Unhealthy", "Reconciled", "ProbeFailed"):
         assert ("TasksDeregistered", "service", SERVICE, "Reason", reason) in custom
+    for reason in ("TaskStopping", "Unhealthy", "ProbeFailed"):
+        assert ("DryRunDeregistrations", "service", SERVICE, "Reason", reason) in custom
     for name in (
         "DeregistrationErrors",
         "InvalidEvents",
@@ -760,8 +803,12 @@ def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
         "OrphanInstances",
         "StaleDependencyTasks",
         "ClientsRedeployed",
+        "ProbeFailures",
+        "ProbeDuration",
     ):
         assert (name, "service", SERVICE) in custom, name
+    probe_stats = {m[-1].get("stat") for m in metrics if m[1] == "ProbeDuration"}
+    assert probe_stats == {"SampleCount", "p50", "p99", "Maximum"}
     duration_stats = {m[-1].get("stat") for m in metrics if m[1] == "HealthScanDuration"}
     assert duration_stats == {"Average", "Maximum"}
     lambda_errors = {m[3] for m in metrics if m[:2] == ["AWS/Lambda", "Errors"]}

@@ -46,6 +46,13 @@ class Settings:
     # Start order
     redeploy_stale_clients: bool = False
     stale_check_every_endpoint: bool = False
+    # HTTP probes: on only when the poller can reach the tasks (the template sets HTTP_PROBES
+    # when it places the function in a VPC).
+    http_probes: bool = False
+    probe_connect_timeout_seconds: float = 1.0
+    probe_read_timeout_seconds: float = 2.0
+    probe_failure_threshold: int = 3
+    probe_concurrency: int = 32
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +79,11 @@ class Settings:
         every_endpoint = _parse_bool(
             "STALE_CHECK_ALL_ENDPOINTS", env.get("STALE_CHECK_ALL_ENDPOINTS", "false"), problems
         )
+        http_probes = _parse_bool("HTTP_PROBES", env.get("HTTP_PROBES", "false"), problems)
+        connect_timeout = number("PROBE_CONNECT_TIMEOUT_SECONDS", default=1, low=0.1, high=5)
+        read_timeout = number("PROBE_READ_TIMEOUT_SECONDS", default=2, low=0.1, high=10)
+        threshold = int(number("PROBE_FAILURE_THRESHOLD", default=3, low=1, high=10, integer=True))
+        probe_concurrency = int(number("PROBE_CONCURRENCY", default=32, low=1, high=128, integer=True))
         min_healthy = number("MIN_HEALTHY_PERCENT", default=50, low=0, high=100)
         reconcile = int(number("RECONCILE_EVERY_PASSES", default=6, low=0, high=10_000, integer=True))
         scope_text = env.get("TAG_SCOPE", "").strip().lower() or TagScope.OPT_OUT.value
@@ -101,6 +113,11 @@ class Settings:
             reconcile_every_passes=reconcile,
             redeploy_stale_clients=redeploy,
             stale_check_every_endpoint=every_endpoint,
+            http_probes=http_probes,
+            probe_connect_timeout_seconds=connect_timeout,
+            probe_read_timeout_seconds=read_timeout,
+            probe_failure_threshold=threshold,
+            probe_concurrency=probe_concurrency,
         )
 
     def in_scope(self, cluster_arn: str) -> bool:

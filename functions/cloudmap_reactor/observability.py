@@ -32,6 +32,8 @@ class MetricName(StrEnum):
     ORPHAN_INSTANCES = "OrphanInstances"
     STALE_DEPENDENCY_TASKS = "StaleDependencyTasks"
     CLIENTS_REDEPLOYED = "ClientsRedeployed"
+    PROBE_FAILURES = "ProbeFailures"
+    PROBE_DURATION = "ProbeDuration"
 
 
 def count(name: MetricName, value: float = 1) -> None:

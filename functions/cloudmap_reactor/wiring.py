@@ -13,6 +13,7 @@ from functools import cache
 from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client, reset_clients
 from cloudmap_reactor.adapters.cloudmap import CloudMapDeregistrar
 from cloudmap_reactor.adapters.ecs import EcsReader, EcsServiceUpdater
+from cloudmap_reactor.adapters.http_probe import RequestsProber
 from cloudmap_reactor.adapters.rate_limit import TokenBucket
 from cloudmap_reactor.config import Settings
 from cloudmap_reactor.core.health_scan import HealthScanner
@@ -34,6 +35,7 @@ class PollerDeps:
     remover: CloudMapDeregistrar
     ecs_budget: TokenBucket
     updater: EcsServiceUpdater
+    prober: RequestsProber | None  # None: HTTP probes are off
 
     def new_scanner(self) -> HealthScanner:
         """A scanner for one invocation: what it learns about services lasts that long."""
@@ -50,6 +52,8 @@ class PollerDeps:
             redeployer=self.updater,
             redeploy_stale_clients=self.settings.redeploy_stale_clients,
             every_endpoint=self.settings.stale_check_every_endpoint,
+            prober=self.prober,
+            probe_failure_threshold=self.settings.probe_failure_threshold,
         )
 
 
@@ -82,11 +86,29 @@ def poller_deps() -> PollerDeps:
         remover=CloudMapDeregistrar(cloudmap_client()),
         ecs_budget=budget,
         updater=EcsServiceUpdater(ecs),
+        prober=_prober(config),
+    )
+
+
+def _prober(config: Settings) -> RequestsProber | None:
+    """The HTTP prober, or None (logged once per container) when the poller cannot reach tasks."""
+    if not config.http_probes:
+        logger.info(
+            "HTTP probes are off: the poller does not run in the tasks' VPC. Services tagged "
+            "cloudmap-reactor:http-check are not probed (set ProbeSubnetIds and ProbeSecurityGroupIds)."
+        )
+        return None
+    return RequestsProber(
+        connect_timeout=config.probe_connect_timeout_seconds,
+        read_timeout=config.probe_read_timeout_seconds,
+        concurrency=config.probe_concurrency,
     )
 
 
 def reset() -> None:
     """Forget settings, caches and clients, as a new container would."""
+    if poller_deps.cache_info().currsize and (prober := poller_deps().prober) is not None:
+        prober.close()
     settings.cache_clear()
     reactor_deps.cache_clear()
     poller_deps.cache_clear()

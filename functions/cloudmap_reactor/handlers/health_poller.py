@@ -20,6 +20,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from cloudmap_reactor import wiring
 from cloudmap_reactor.core.health_scan import ClusterFailure, HealthPassResult
 from cloudmap_reactor.core.poll_loop import PollLoop, poll_window_seconds
+from cloudmap_reactor.core.probing import ProbeVerdict
 from cloudmap_reactor.handlers.reporting import report_deregistrations
 from cloudmap_reactor.observability import MetricName, count, logger, metrics, tracer
 
@@ -77,10 +78,11 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
                 "task_arn": found.task.task_arn,
             },
         )
+    _report_probes(result)
     report_deregistrations(result.deregistrations)
     for held in result.fail_open:
         logger.warning(
-            "Fail-open: UNHEALTHY tasks left registered, too few would stay healthy",
+            "Fail-open: unhealthy tasks left registered, too few would stay healthy",
             extra={
                 "cluster_arn": held.service.cluster_arn,
                 "ecs_service": held.service.service_name,
@@ -149,8 +151,49 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
             "fail_open_services": len(result.fail_open),
             "orphan_instances": len(result.orphans),
             "deregistrations": len(result.deregistrations),
+            "probes": len(result.probes),
+            "failed_probes": len(result.failed_probes),
+            "skipped_probes": sum(1 for p in result.probes if p.verdict is ProbeVerdict.SKIPPED),
             "dry_run": dry_run,
             "duration_ms": round(duration_ms, 1),
         },
     )
     metrics.flush_metrics()
+
+
+def _report_probes(result: HealthPassResult) -> None:
+    """Failed probes (with how many in a row), services or instances that cannot be probed, and the metrics."""
+    for failed in result.failed_probes:
+        probe = failed.result
+        logger.warning(
+            "HTTP probe failed",
+            extra={
+                "cluster_arn": failed.service.cluster_arn,
+                "ecs_service": failed.service.service_name,
+                "cloudmap_service_id": probe.target.cloudmap_service_id,
+                "instance_id": probe.target.instance_id,
+                "url": probe.target.url,
+                "error": probe.error,
+                "status": probe.status,
+                "consecutive_failures": failed.consecutive_failures,
+            },
+        )
+    for problem in result.probe_problems:
+        logger.warning(
+            "Cannot probe: nothing is deregistered on its account",
+            extra={
+                "cluster_arn": problem.cluster_arn,
+                "ecs_service": problem.service_name,
+                "cloudmap_service_id": problem.cloudmap_service_id,
+                "instance_id": problem.instance_id,
+                "error": problem.error,
+            },
+        )
+    if not result.probes:
+        return
+    count(MetricName.PROBE_FAILURES, len(result.failed_probes))
+    for probe in result.probes:
+        if probe.verdict is not ProbeVerdict.SKIPPED:
+            metrics.add_metric(
+                name=MetricName.PROBE_DURATION.value, unit=MetricUnit.Milliseconds, value=probe.duration_ms
+            )

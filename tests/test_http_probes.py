@@ -1,0 +1,372 @@
+"""Active HTTP health checks against real HTTP servers on 127.0.0.1 registered as Cloud Map instances.
+
+Each test seeds ECS and Cloud Map in the emulator, points each task's instance at a local
+server that behaves one way, runs poller passes and then reads Cloud Map's state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cloudmap_reactor import wiring
+from cloudmap_reactor.adapters.clients import cloudmap_client
+from cloudmap_reactor.core.health_scan import HealthScanner
+from cloudmap_reactor.core.probing import ProbeVerdict
+from cloudmap_reactor.handlers import health_poller
+from devtools.aws_emulator import FleetBuilder, SeededService
+from devtools.http_targets import Behaviour, LocalHttpTargets, TargetServer, local_http_targets
+from devtools.local_lambda import FakeLambdaContext
+from tests.conftest import FakeTime, count_calls, load_event
+
+CONNECT_TIMEOUT = 0.2
+READ_TIMEOUT = 0.3
+PASS_BOUND = 2 * (CONNECT_TIMEOUT + READ_TIMEOUT) + 0.25  # RequestsProber.pass_bound_seconds
+CHECK = {"cloudmap-reactor:http-check": "/healthz"}
+
+
+@pytest.fixture
+def http() -> Iterator[LocalHttpTargets]:
+    with local_http_targets() as targets:
+        yield targets
+
+
+@pytest.fixture
+def probing(env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The poller as deployed in the tasks' VPC, with short timeouts so that tests stay quick."""
+    env.setenv("HTTP_PROBES", "true")
+    env.setenv("PROBE_CONNECT_TIMEOUT_SECONDS", str(CONNECT_TIMEOUT))
+    env.setenv("PROBE_READ_TIMEOUT_SECONDS", str(READ_TIMEOUT))
+    env.setenv("RECONCILE_EVERY_PASSES", "0")
+    return env
+
+
+def scanner() -> HealthScanner:
+    """A scanner as one poller invocation builds it, so passes can be run one at a time."""
+    return wiring.poller_deps().new_scanner()
+
+
+def ids(*arns: str) -> set[str]:
+    return {arn.rsplit("/", 1)[-1] for arn in arns}
+
+
+@pytest.fixture(autouse=True)
+def prod(aws: FleetBuilder) -> str:
+    return aws.create_cluster("prod")
+
+
+def service_behind(
+    aws: FleetBuilder,
+    http: LocalHttpTargets,
+    behaviours: list[Behaviour],
+    *,
+    name: str = "orders",
+    tags: dict[str, str] | None = None,
+) -> tuple[SeededService, list[TargetServer]]:
+    """A Service Connect service in ``prod`` with one task per behaviour, each registered at its own server."""
+    service = aws.create_service("prod", name, discovery_names=[name], tags=CHECK if tags is None else tags)
+    servers = [http.add(b) for b in behaviours]
+    aws.start_tasks(service, len(servers), addresses=[s.address for s in servers])
+    return service, servers
+
+
+def test_only_the_instance_that_fails_the_threshold_is_deregistered(
+    aws: FleetBuilder, http: LocalHttpTargets, probing: pytest.MonkeyPatch
+) -> None:
+    """500s, a timeout and a refused connection leave after 3 failures in a row; flapping stays."""
+    ok = Behaviour.HEALTHY
+    behaviours = [ok, ok, ok, ok, Behaviour.FLAPPING, Behaviour.FAILING, Behaviour.SLOW]
+    service, servers = service_behind(aws, http, behaviours)
+    refused = aws.start_tasks(service, 1, addresses=[http.refused_address()])[0]
+    sid = service.cloudmap_service_ids[0]
+    healthy_and_flapping = service.task_arns[:5]
+    failing, slow = service.task_arns[5:7]
+    scan = scanner()
+
+    for _ in range(2):
+        scan.run_pass()
+        assert aws.instance_ids(sid) == ids(*service.task_arns)  # 2 failures: not yet
+    third = scan.run_pass()
+    fourth = scan.run_pass()
+
+    assert aws.instance_ids(sid) == ids(*healthy_and_flapping)
+    removed = {(d.task_arn, d.reason.value, d.outcome.value) for d in third.deregistrations}
+    assert removed == {(arn, "ProbeFailed", "deregistered") for arn in (failing, slow, refused)}
+    assert fourth.deregistrations == []
+    errors = {p.result.target.instance_id: p.result.error for p in third.failed_probes}
+    assert errors == {
+        **ids_to(service.task_arns[4], "status 500"),  # flapping: 500, 200, 500, 200
+        **ids_to(failing, "status 500"),
+        **ids_to(slow, "timeout"),
+        **ids_to(refused, "connection failed: connection refused"),
+    }
+    # Every server was asked over GET for the tagged path, with a User-Agent that says who asks.
+    flapping = servers[4]
+    assert [r.path for r in flapping.requests] == ["/healthz"] * 4
+    assert {r.method for r in flapping.requests} == {"GET"}
+    assert all(r.headers["User-Agent"].startswith("cloudmap-reactor-health-check/") for r in flapping.requests)
+    assert len(servers[5].requests) == 3  # not probed once it left Cloud Map
+
+
+def ids_to(task_arn: str, error: str) -> dict[str, str]:
+    return {task_arn.rsplit("/", 1)[-1]: error}
+
+
+def test_one_success_resets_the_count(aws: FleetBuilder, http: LocalHttpTargets, probing: pytest.MonkeyPatch) -> None:
+    service, servers = service_behind(aws, http, [Behaviour.HEALTHY] * 3 + [Behaviour.FAILING])
+    sick = servers[3]
+    scan = scanner()
+    scan.run_pass()
+    scan.run_pass()
+    sick.behaviour = Behaviour.HEALTHY  # recovers for one probe
+    scan.run_pass()
+    sick.behaviour = Behaviour.FAILING
+    for _ in range(2):
+        scan.run_pass()
+
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns)
+    assert scan.run_pass().deregistrations[0].task_arn == service.task_arns[3]  # the third failure in a row
+
+
+def test_fail_open_holds_when_every_instance_fails(
+    aws: FleetBuilder, http: LocalHttpTargets, probing: pytest.MonkeyPatch
+) -> None:
+    """A shared dependency is down and every /healthz says 500: removing them all would be an outage."""
+    service, _ = service_behind(aws, http, [Behaviour.FAILING] * 4)
+    scan = scanner()
+
+    results = [scan.run_pass() for _ in range(4)]
+
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns)
+    assert [len(r.fail_open) for r in results] == [0, 0, 1, 1]
+    assert results[2].fail_open[0].plan.unhealthy == 4
+    assert all(r.deregistrations == [] for r in results)
+
+
+def test_fail_open_counts_ecs_health_and_probes_together(
+    aws: FleetBuilder, http: LocalHttpTargets, probing: pytest.MonkeyPatch
+) -> None:
+    """One task UNHEALTHY in ECS, two failing probes, of four: removing three would leave 25 %."""
+    service, _ = service_behind(aws, http, [Behaviour.HEALTHY] * 2 + [Behaviour.FAILING] * 2)
+    aws.set_health(service.task_arns[0], "UNHEALTHY")
+    scan = scanner()
+
+    first = scan.run_pass()
+    results = [scan.run_pass() for _ in range(2)]
+
+    assert [d.task_arn for d in first.deregistrations] == [service.task_arns[0]]  # ECS health, 75 % stay
+    assert len(results[-1].fail_open) == 1
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns[1:])
+
+
+def test_timeouts_never_stall_a_pass_beyond_the_bound(
+    aws: FleetBuilder, http: LocalHttpTargets, probing: pytest.MonkeyPatch
+) -> None:
+    """Servers that answer after 30 s or trickle their body: more of them than the prober has threads.
+
+    Probes that could not start in time are skipped (their count is unchanged); started ones time out.
+    """
+    probing.setenv("PROBE_CONCURRENCY", "4")
+    behaviours = [Behaviour.SLOW] * 8 + [Behaviour.TRICKLE] * 2 + [Behaviour.HEALTHY] * 10
+    service, _ = service_behind(aws, http, behaviours)
+    scan = scanner()
+
+    started = time.monotonic()
+    result = scan.run_pass()
+    elapsed = time.monotonic() - started
+
+    assert elapsed < PASS_BOUND + 1.0  # not 30 s: generous for a loaded machine, the bound is 1.25 s
+    verdicts = {p.target.instance_id: p.verdict for p in result.probes}
+    assert len(verdicts) == 20
+    stuck, answering = ids(*service.task_arns[:10]), ids(*service.task_arns[10:])
+    assert {verdicts[i] for i in stuck} <= {ProbeVerdict.FAILED, ProbeVerdict.SKIPPED}
+    assert {verdicts[i] for i in answering} <= {ProbeVerdict.HEALTHY, ProbeVerdict.SKIPPED}
+    failed = [p for p in result.probes if p.verdict is ProbeVerdict.FAILED]
+    assert len(failed) >= 4
+    assert {p.error for p in failed} == {"timeout"}
+
+
+def test_dry_run_changes_nothing(
+    aws: FleetBuilder,
+    http: LocalHttpTargets,
+    probing: pytest.MonkeyPatch,
+    lambda_context: FakeLambdaContext,
+    fake_time: FakeTime,
+    read_output: Any,
+) -> None:
+    probing.setenv("DRY_RUN", "true")
+    probing.setenv("POLL_WINDOW_SECONDS", "60")
+    service, _ = service_behind(aws, http, [Behaviour.HEALTHY] * 3 + [Behaviour.FAILING])
+    cloudmap = count_calls(cloudmap_client())
+
+    result = health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
+
+    assert result["passes"] >= 4
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns)
+    assert cloudmap.counts["DeregisterInstance"] == 0
+    assert cloudmap.counts["ListInstances"] == result["passes"]  # one Cloud Map service, once per pass
+    output = read_output()
+    assert output.metrics.value("DryRunDeregistrations", Reason="ProbeFailed") == 1  # once, not every pass
+    assert output.metrics.value("TasksDeregistered") == 0
+    assert output.metrics.value("ProbeFailures") == 3  # not probed again once it would have left
+
+
+def test_handler_reports_probe_metrics_and_logs(
+    aws: FleetBuilder,
+    http: LocalHttpTargets,
+    probing: pytest.MonkeyPatch,
+    lambda_context: FakeLambdaContext,
+    fake_time: FakeTime,
+    read_output: Any,
+) -> None:
+    probing.setenv("POLL_WINDOW_SECONDS", "60")
+    service, _ = service_behind(aws, http, [Behaviour.HEALTHY] * 3 + [Behaviour.FAILING])
+
+    result = health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
+
+    passes = result["passes"]
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns[:3])
+    output = read_output()
+    assert output.metrics.value("TasksDeregistered", Reason="ProbeFailed") == 1
+    assert output.metrics.value("ProbeFailures") == 3
+    durations = [r for r in output.metrics.records if "ProbeDuration" in r]
+    assert sum(len(r["ProbeDuration"]) if isinstance(r["ProbeDuration"], list) else 1 for r in durations) == (
+        3 * passes + 3
+    )
+    assert output.metrics.dimension_sets("ProbeDuration") == [{"service"}] * len(durations)
+    failures = [r for r in output.logs if r["message"] == "HTTP probe failed"]
+    assert [r["consecutive_failures"] for r in failures] == [1, 2, 3]
+    assert failures[0]["error"] == "status 500"
+    assert failures[0]["status"] == 500
+
+
+def test_probing_is_off_without_a_vpc_and_says_so_once(
+    aws: FleetBuilder,
+    http: LocalHttpTargets,
+    env: pytest.MonkeyPatch,
+    lambda_context: FakeLambdaContext,
+    read_output: Any,
+) -> None:
+    env.setenv("POLL_WINDOW_SECONDS", "0")
+    env.setenv("RECONCILE_EVERY_PASSES", "0")
+    service, servers = service_behind(aws, http, [Behaviour.FAILING] * 2 + [Behaviour.HEALTHY] * 4)
+    cloudmap = count_calls(cloudmap_client())
+
+    for _ in range(4):
+        health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
+
+    assert all(not s.requests for s in servers)
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns)
+    assert cloudmap.counts["ListInstances"] == 0
+    assert sum("HTTP probes are off" in m for m in read_output().messages("INFO")) == 1
+
+
+def test_only_registered_instances_of_opted_in_in_scope_services_are_contacted(
+    aws: FleetBuilder, http: LocalHttpTargets, probing: pytest.MonkeyPatch, read_output: Any
+) -> None:
+    """Untagged and ignored services, stopping tasks and link-local addresses are never probed."""
+    service, servers = service_behind(aws, http, [Behaviour.HEALTHY] * 3)
+    untagged, untagged_servers = service_behind(aws, http, [Behaviour.FAILING], name="search", tags={})
+    ignored, ignored_servers = service_behind(
+        aws, http, [Behaviour.FAILING], name="legacy", tags={**CHECK, "cloudmap-reactor:ignore": "true"}
+    )
+    aws.begin_stopping(service.task_arns[2])
+    metadata = aws.start_tasks(service, 1, addresses=[("169.254.169.254", 80)])[0]
+    scan = scanner()
+
+    results = [scan.run_pass() for _ in range(4)]
+
+    assert [len(s.requests) for s in servers] == [4, 4, 0]
+    assert not untagged_servers[0].requests
+    assert not ignored_servers[0].requests
+    assert aws.instance_ids(untagged.cloudmap_service_ids[0]) == ids(*untagged.task_arns)
+    assert aws.instance_ids(ignored.cloudmap_service_ids[0]) == ids(*ignored.task_arns)
+    problems = [p for r in results for p in r.probe_problems]
+    assert [(p.instance_id, p.error) for p in problems] == [
+        (ids(metadata).pop(), f"instance {ids(metadata).pop()} has address 169.254.169.254, which is never probed")
+    ]
+    assert ids(metadata) <= aws.instance_ids(service.cloudmap_service_ids[0])  # unprobed is not unhealthy
+
+
+def test_redirects_are_not_followed_and_the_codes_tag_decides(
+    aws: FleetBuilder, http: LocalHttpTargets, probing: pytest.MonkeyPatch
+) -> None:
+    """A 302 is healthy by default (200-399) without its Location being fetched; ``-codes`` narrows that."""
+    elsewhere = http.add(Behaviour.HEALTHY)
+    location = "http://{}:{}/".format(*elsewhere.address)
+    service, _ = service_behind(aws, http, [Behaviour.HEALTHY] * 3)
+    redirecting = http.add(Behaviour.REDIRECT, location=location)
+    no_content = http.add(Behaviour.STATUS, status=204)
+    aws.start_tasks(service, 2, addresses=[redirecting.address, no_content.address])
+    scan = scanner()
+
+    assert {p.verdict for p in scan.run_pass().probes} == {ProbeVerdict.HEALTHY}
+    assert not elsewhere.requests
+
+    strict, _ = service_behind(
+        aws, http, [Behaviour.HEALTHY] * 3, name="strict", tags={**CHECK, "cloudmap-reactor:http-check-codes": "200"}
+    )
+    aws.start_tasks(strict, 1, addresses=[http.add(Behaviour.STATUS, status=204).address])
+    scan = scanner()
+    for _ in range(3):
+        scan.run_pass()
+
+    assert aws.instance_ids(strict.cloudmap_service_ids[0]) == ids(*strict.task_arns[:3])
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns)
+
+
+def test_a_port_in_the_tag_is_probed_instead_of_the_registered_port(
+    aws: FleetBuilder, http: LocalHttpTargets, probing: pytest.MonkeyPatch
+) -> None:
+    """``8081/ready``: an admin port beside the traffic port (all tasks share 127.0.0.1 here)."""
+    admin = http.add(Behaviour.HEALTHY)
+    service = aws.create_service(
+        "prod", "orders", discovery_names=["orders"], tags={"cloudmap-reactor:http-check": f"{admin.address[1]}/ready"}
+    )
+    aws.start_tasks(service, 3, addresses=[http.refused_address() for _ in range(3)])
+    scan = scanner()
+
+    for _ in range(3):
+        scan.run_pass()
+
+    assert [r.path for r in admin.requests] == ["/ready"] * 9
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns)
+
+
+def test_a_wrong_tag_is_reported_once_and_nothing_is_probed(
+    aws: FleetBuilder, http: LocalHttpTargets, probing: pytest.MonkeyPatch
+) -> None:
+    service, servers = service_behind(
+        aws, http, [Behaviour.FAILING] * 3, tags={"cloudmap-reactor:http-check": "healthz"}
+    )
+    scan = scanner()
+
+    results = [scan.run_pass() for _ in range(4)]
+
+    assert [len(r.probe_problems) for r in results] == [1, 0, 0, 0]
+    assert "must be a path (/healthz)" in results[0].probe_problems[0].error
+    assert all(not s.requests for s in servers)
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns)
+
+
+def test_an_instance_failing_in_one_of_two_cloudmap_services_leaves_only_that_one(
+    aws: FleetBuilder, http: LocalHttpTargets, probing: pytest.MonkeyPatch
+) -> None:
+    """Two discovery names, each with its own port: a task whose gRPC port fails stays reachable over HTTP."""
+    service = aws.create_service("prod", "orders", discovery_names=["orders", "orders-grpc"], tags=CHECK)
+    http_sid, grpc_sid = service.cloudmap_service_ids
+    healthy = [http.add(Behaviour.HEALTHY) for _ in range(4)]
+    arns = aws.start_tasks(service, 4, register_in=[http_sid], addresses=[s.address for s in healthy])
+    grpc = [http.add(Behaviour.HEALTHY) for _ in range(3)] + [http.add(Behaviour.FAILING)]
+    for arn, server in zip(arns, grpc, strict=True):
+        aws.register_task_instance(grpc_sid, service, arn, address=server.address)
+    scan = scanner()
+
+    for _ in range(3):
+        scan.run_pass()
+
+    assert aws.instance_ids(http_sid) == ids(*arns)
+    assert aws.instance_ids(grpc_sid) == ids(*arns[:3])

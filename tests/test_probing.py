@@ -1,0 +1,166 @@
+"""The HTTP-check decisions without any network: tags, targets, thresholds, the fail-open guard."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloudmap_reactor.core.model import HTTP_CHECK_CODES_TAG, HTTP_CHECK_TAG, EcsService, TaskSnapshot
+from cloudmap_reactor.core.probing import (
+    FailureCounter,
+    HttpCheck,
+    InvalidHttpCheck,
+    ProbeResult,
+    ProbeTarget,
+    ProbeVerdict,
+    StatusCodes,
+    http_check_of,
+    parse_http_check,
+    parse_status_codes,
+    probe_target,
+)
+from cloudmap_reactor.core.safety import plan_unhealthy_removals
+
+CLUSTER = "arn:aws:ecs:us-east-1:123456789012:cluster/prod"
+DEFAULT = StatusCodes(((200, 399),))
+
+
+@pytest.mark.parametrize(
+    ("tag", "path", "port"),
+    [
+        ("/healthz", "/healthz", None),
+        ("8081/healthz", "/healthz", 8081),
+        ("8081", "/", 8081),
+        ("/", "/", None),
+        (" /actuator/health ", "/actuator/health", None),
+        ("9000/api/v1/ping=1", "/api/v1/ping=1", 9000),
+    ],
+)
+def test_http_check_tag(tag: str, path: str, port: int | None) -> None:
+    assert parse_http_check(tag) == HttpCheck(path=path, port=port, codes=DEFAULT)
+
+
+@pytest.mark.parametrize("tag", ["healthz", "", "http://x/healthz", "70000/healthz", "0/x", "/a b", "/a?b", ":80/x"])
+def test_a_wrong_http_check_tag_is_refused(tag: str) -> None:
+    with pytest.raises(InvalidHttpCheck, match=HTTP_CHECK_TAG):
+        parse_http_check(tag)
+
+
+@pytest.mark.parametrize(
+    ("text", "inside", "outside"),
+    [
+        ("200-399", [200, 302, 399], [199, 400, 500]),
+        ("200", [200], [201, 204, 302]),
+        ("200,204", [200, 204], [201, 203]),
+        ("200-299, 301", [250, 301], [300, 302]),
+    ],
+)
+def test_status_codes(text: str, inside: list[int], outside: list[int]) -> None:
+    codes = parse_status_codes(text)
+    assert all(c in codes for c in inside)
+    assert not any(c in codes for c in outside)
+
+
+@pytest.mark.parametrize("text", ["2xx", "399-200", "600", "99", "200-", ""])
+def test_wrong_status_codes_are_refused(text: str) -> None:
+    with pytest.raises(InvalidHttpCheck, match=HTTP_CHECK_CODES_TAG):
+        parse_status_codes(text)
+
+
+def test_a_service_opts_in_with_its_tags() -> None:
+    plain = EcsService(CLUSTER, "orders", f"{CLUSTER}/orders", frozenset({"srv-a"}))
+    tagged = EcsService(
+        CLUSTER, "orders", f"{CLUSTER}/orders", frozenset({"srv-a"}),
+        tags=((HTTP_CHECK_TAG, "/ready"), (HTTP_CHECK_CODES_TAG, "200")),
+    )  # fmt: skip
+    assert http_check_of(plain) is None
+    assert http_check_of(tagged) == HttpCheck("/ready", None, StatusCodes(((200, 200),)))
+
+
+@pytest.mark.parametrize(
+    ("attributes", "check", "url"),
+    [
+        ({"AWS_INSTANCE_IPV4": "10.0.1.5", "AWS_INSTANCE_PORT": "8080"}, "/healthz", "http://10.0.1.5:8080/healthz"),
+        ({"AWS_INSTANCE_IPV4": "10.0.1.5", "AWS_INSTANCE_PORT": "8080"}, "8081/ready", "http://10.0.1.5:8081/ready"),
+        ({"AWS_INSTANCE_IPV4": "10.0.1.5"}, "8081/ready", "http://10.0.1.5:8081/ready"),
+        ({"AWS_INSTANCE_IPV6": "2001:db8::5", "AWS_INSTANCE_PORT": "80"}, "/", "http://[2001:db8::5]:80/"),
+    ],
+)
+def test_probe_target_is_the_registered_address(attributes: dict[str, str], check: str, url: str) -> None:
+    target = probe_target("srv-a", "task1", attributes, parse_http_check(check))
+    assert (target.url, target.key) == (url, ("srv-a", "task1"))
+
+
+@pytest.mark.parametrize(
+    ("attributes", "error"),
+    [
+        ({"AWS_INSTANCE_PORT": "8080"}, "no AWS_INSTANCE_IPV4"),
+        ({"AWS_INSTANCE_IPV4": "10.0.1.5"}, "no valid AWS_INSTANCE_PORT"),
+        ({"AWS_INSTANCE_IPV4": "10.0.1.5", "AWS_INSTANCE_PORT": "99999"}, "no valid AWS_INSTANCE_PORT"),
+        ({"AWS_INSTANCE_IPV4": "orders.internal", "AWS_INSTANCE_PORT": "80"}, "invalid address"),
+        ({"AWS_INSTANCE_IPV4": "169.254.169.254", "AWS_INSTANCE_PORT": "80"}, "never probed"),  # metadata
+        ({"AWS_INSTANCE_IPV4": "169.254.170.2", "AWS_INSTANCE_PORT": "80"}, "never probed"),  # ECS credentials
+        ({"AWS_INSTANCE_IPV4": "0.0.0.0", "AWS_INSTANCE_PORT": "80"}, "never probed"),  # noqa: S104 (not bound)
+        ({"AWS_INSTANCE_IPV4": "224.0.0.1", "AWS_INSTANCE_PORT": "80"}, "never probed"),
+    ],
+)
+def test_an_instance_without_a_usable_address_is_not_probed(attributes: dict[str, str], error: str) -> None:
+    with pytest.raises(InvalidHttpCheck, match=error):
+        probe_target("srv-a", "task1", attributes, parse_http_check("/healthz"))
+
+
+def result(instance: str, verdict: ProbeVerdict, sid: str = "srv-a") -> ProbeResult:
+    return ProbeResult(ProbeTarget(sid, instance, f"http://10.0.0.1/{instance}", DEFAULT), verdict)
+
+
+def test_failures_count_in_a_row_and_one_success_resets() -> None:
+    counter = FailureCounter(threshold=3)
+    failed, healthy, skipped = ProbeVerdict.FAILED, ProbeVerdict.HEALTHY, ProbeVerdict.SKIPPED
+    keys = [("srv-a", "a"), ("srv-a", "b")]
+    passes = [
+        [result("a", failed), result("b", failed)],
+        [result("a", failed), result("b", healthy)],
+        [result("a", skipped), result("b", failed)],  # a skipped probe leaves the count alone
+        [result("a", failed), result("b", failed)],
+    ]
+    seen = []
+    for results in passes:
+        counter.record(results, still_probed=keys)
+        seen.append((counter.failures(keys[0]), counter.failures(keys[1]), counter.over_threshold()))
+    assert seen == [(1, 1, set()), (2, 0, set()), (2, 1, set()), (3, 2, {("srv-a", "a")})]
+
+
+def test_an_instance_no_longer_probed_is_forgotten() -> None:
+    counter = FailureCounter(threshold=2)
+    counter.record([result("a", ProbeVerdict.FAILED)], still_probed=[("srv-a", "a")])
+    counter.record([], still_probed=[])  # its task left, or it was deregistered
+    counter.record([result("a", ProbeVerdict.FAILED)], still_probed=[("srv-a", "a")])
+    assert counter.over_threshold() == set()
+
+
+def running(n: int, health: str = "UNKNOWN") -> TaskSnapshot:
+    return TaskSnapshot(CLUSTER, f"arn:aws:ecs:us-east-1:123456789012:task/prod/{n:032x}", "service:orders",
+                        "RUNNING", "RUNNING", health)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("ecs_unhealthy", "probe_failing", "removed", "fail_open"),
+    [
+        ([], [0], [0], False),  # 3 of 4 stay
+        ([], [0, 1], [0, 1], False),  # exactly 50 %
+        ([], [0, 1, 2], [], True),
+        ([0], [1, 2], [], True),  # ECS health and probes count together
+        ([0], [0], [0], False),  # both at once: one task
+    ],
+)
+def test_fail_open_applies_to_probe_failures_as_to_ecs_health(
+    ecs_unhealthy: list[int], probe_failing: list[int], removed: list[int], fail_open: bool
+) -> None:
+    tasks = [running(n, "UNHEALTHY" if n in ecs_unhealthy else "UNKNOWN") for n in range(4)]
+    plan = plan_unhealthy_removals(
+        tasks,
+        already_removed=set(),
+        min_healthy_percent=50,
+        failing_probes={tasks[n].task_arn for n in probe_failing},
+    )
+    assert [t.task_arn for t in plan.remove] == [tasks[n].task_arn for n in removed]
+    assert plan.fail_open is fail_open
