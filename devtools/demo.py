@@ -26,10 +26,14 @@ import boto3
 from moto.server import ThreadedMotoServer
 
 from devtools.aws_emulator import FleetBuilder, aws_like_ecs
+from devtools.http_targets import Behaviour, LocalHttpTargets, local_http_targets
 from devtools.local_lambda import FakeLambdaContext, emulator_environment
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 REGION = "us-east-1"
+# One poller invocation of three passes, a second apart (10 s in production), with HTTP probes on
+# (as when the poller runs in the tasks' VPC): the failing /healthz reaches the threshold of 3.
+POLLER_ENV = {"POLL_INTERVAL_SECONDS": "1", "POLL_WINDOW_SECONDS": "2.5", "HTTP_PROBES": "true"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     port = args.port or _free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update({**emulator_environment(endpoint), "CLUSTER_ARNS": "", "DRY_RUN": "false"})
+    os.environ.update({**emulator_environment(endpoint), "CLUSTER_ARNS": "", "DRY_RUN": "false", **POLLER_ENV})
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         os.environ.pop(name, None)
 
@@ -55,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server.start()
     try:
-        with aws_like_ecs():
+        with aws_like_ecs(), local_http_targets() as http:
             print(f"Local AWS emulator (moto server) listening on {endpoint}\n")
             fleet = FleetBuilder(boto3.client("ecs"), boto3.client("servicediscovery"), region=REGION)
-            seeded = _seed(fleet)
+            seeded = _seed(fleet, http)
             before = _snapshot(fleet, seeded)
             _print_registrations("Cloud Map before", before, seeded)
             if args.serve:
@@ -86,8 +90,11 @@ class Seeded:
     task_notes: dict[str, str]  # task id -> what the demo did to it
 
 
-def _seed(fleet: FleetBuilder) -> Seeded:
-    """Cluster ``prod``: orders (2 discovery names, mid rolling update), payments, worker (no Service Connect)."""
+def _seed(fleet: FleetBuilder, http: LocalHttpTargets) -> Seeded:
+    """Cluster ``prod``: orders (2 discovery names, mid rolling update), payments, worker (no Service Connect).
+
+    And catalog: no container health check, tagged for HTTP probes; its tasks are HTTP servers on 127.0.0.1.
+    """
     stopping = _task_id("task-stopping.json")
     stopping_old = _task_id("task-stopping-old-deployment.json")
     fleet.create_cluster("prod")
@@ -103,18 +110,31 @@ def _seed(fleet: FleetBuilder) -> Seeded:
     fleet.set_health(unknown, "UNKNOWN")
     worker = fleet.create_service("prod", "worker")
     fleet.set_health(fleet.start_tasks(worker, 1)[0], "UNHEALTHY")
+    catalog = fleet.create_service(
+        "prod", "catalog", discovery_names=["catalog"], tags={"cloudmap-reactor:http-check": "/healthz"}
+    )
+    servers = [http.add(Behaviour.HEALTHY), http.add(Behaviour.HEALTHY), http.add(Behaviour.FAILING)]
+    catalog_ok, catalog_ok2, catalog_bad = fleet.start_tasks(catalog, 3, addresses=[s.address for s in servers])
     fleet.begin_stopping(orders.task_arns[0], "Task failed container health checks")
     fleet.begin_stopping(orders.task_arns[1])
 
     names = {sid: f"orders / {name}" for sid, name in old_names.items()}
     names[new_ids[0]] = "orders / orders-v2 (new deployment)"
     names[payments.cloudmap_service_ids[0]] = "payments / payments"
+    names[catalog.cloudmap_service_ids[0]] = "catalog / catalog (cloudmap-reactor:http-check=/healthz)"
+    address = "http://{}:{}/healthz".format
     notes = {
         stopping: "stopping (events/task-stopping.json)",
         stopping_old: "stopping, older deployment (events/task-stopping-old-deployment.json)",
         _short(sick): "UNHEALTHY, running",
         _short(unknown): "UNKNOWN health (no health check)",
         _short(healthy): "HEALTHY",
+        **{
+            _short(arn): f"UNKNOWN health; {address(*server.address)} answers {answer}"
+            for arn, server, answer in zip(
+                (catalog_ok, catalog_ok2, catalog_bad), servers, ("200", "200", "500"), strict=True
+            )
+        },
     }
     return Seeded(cloudmap_names=names, task_notes=notes)
 
@@ -144,7 +164,11 @@ def _replay(seeded: Seeded, *, verbose: bool) -> None:
             _event("standalone-task-stopping.json"),
         ),
         ("a malformed event (taskArn 'not-an-arn')", task_state_change.lambda_handler, invalid),
-        ("events/scheduled-poll.json (one health poll)", health_poller.lambda_handler, _event("scheduled-poll.json")),
+        (
+            "events/scheduled-poll.json (one poller invocation: 3 passes, 1 s apart, HTTP probes on)",
+            health_poller.lambda_handler,
+            _event("scheduled-poll.json"),
+        ),
     ]
     for title, handler, event in steps:
         print(f"▶ {title}")
@@ -154,7 +178,7 @@ def _replay(seeded: Seeded, *, verbose: bool) -> None:
         for record in logs:
             extra = ", ".join(
                 f"{k}={record[k]}"
-                for k in ("outcome", "cloudmap_service_id", "instance_id", "validation_error")
+                for k in ("outcome", "reason", "cloudmap_service_id", "instance_id", "validation_error", "error", "url")
                 if k in record
             )
             print(f"  log {record['level']:<7} {record['message']}" + (f" ({extra})" if extra else ""))
@@ -166,7 +190,8 @@ def _replay(seeded: Seeded, *, verbose: bool) -> None:
 
 
 def _brief(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k in ("status", "outcomes", "unhealthy_found", "deregistrations")}
+    wanted = ("status", "outcomes", "passes", "unhealthy_found", "deregistrations")
+    return {k: v for k, v in result.items() if k in wanted}
 
 
 @contextlib.contextmanager
@@ -196,6 +221,8 @@ def _metrics(printed: str) -> list[tuple[str, dict[str, str], float]]:
         dims = {d: record[d] for d in meta.get("Dimensions", [[]])[0] if d != "service"}
         for metric in meta.get("Metrics", []):
             value = record[metric["Name"]]
+            if isinstance(value, list) and metric.get("Unit") == "Milliseconds":
+                value = max(value)  # one value per probe: show the slowest
             found.append((metric["Name"], dims, sum(value) if isinstance(value, list) else value))
     return found
 
