@@ -18,7 +18,7 @@ export SAM_CLI_TELEMETRY := 0
 export CHECKOV := $(CURDIR)/$(SCAN_VENV)/bin/checkov
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help venv lint typecheck unit validate test demo demo-server bench redrive doctor plan build clean
+.PHONY: help venv lint typecheck unit validate test demo demo-server bench bench-probes redrive doctor plan build clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -66,8 +66,12 @@ demo: venv  ## Replay events/ and one poll through the real handlers against a l
 demo-server: venv  ## Seed the local emulator on 127.0.0.1:5000 and keep it up for sam local invoke
 	$(BIN)/python -m devtools.demo --serve --port 5000
 
-bench: venv $(RUNTIME_STAMP)  ## Measure passes at 1k/5k/10k tasks, the reactor, detection, imports -> docs/benchmarks.*
+bench: venv $(RUNTIME_STAMP)  ## Measure passes at 1k/5k/10k tasks, the reactor, detection, imports, probes -> docs/benchmarks*
 	$(BIN)/python -m devtools.bench --runtime-python $(RUNTIME_VENV)/bin/python
+	$(BIN)/python -m devtools.bench_probes
+
+bench-probes: venv  ## Measure one pass of HTTP probes (1k/5k instances, hanging ones) -> docs/benchmarks-probes.md
+	$(BIN)/python -m devtools.bench_probes
 
 redrive: venv  ## Replay the dead-letter queue through the reactor (STACK=name, ARGS="--dry-run" …)
 	$(BIN)/python -m devtools.redrive --stack-name $(or $(STACK),cloudmap-reactor) $(ARGS)

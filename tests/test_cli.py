@@ -127,3 +127,28 @@ def test_doctor_tells_stopping_tasks_from_unknown_instances(
     assert orders["stopping_registered"] == [task_id(leaving)]
     assert orders["unmatched_instances"] == ["leftover-1"]
     assert orders["running_tasks"] == 3
+
+
+def test_doctor_shows_http_checks_and_flags_a_wrong_tag(aws: FleetBuilder, capsys: pytest.CaptureFixture[str]) -> None:
+    aws.create_cluster("prod")
+    for name, tags in (
+        ("catalog", {"cloudmap-reactor:http-check": "8081/healthz", "cloudmap-reactor:http-check-codes": "200"}),
+        ("search", {"cloudmap-reactor:http-check": "healthz"}),
+        ("orders", {}),
+    ):
+        service = aws.create_service("prod", name, discovery_names=[name], tags=tags)
+        aws.start_tasks(service, 2)  # no container health check: UNKNOWN
+
+    assert main(["doctor", "--json"]) == 1
+    services = {s["service_name"]: s for s in json.loads(capsys.readouterr().out)["services"]}
+    assert services["catalog"]["http_check"] == "GET /healthz on port 8081, 200"
+    assert services["catalog"]["needs_attention"] is False
+    assert services["search"]["http_check"] is None
+    assert "must be a path (/healthz)" in services["search"]["http_check_error"]
+    assert services["search"]["needs_attention"] is True
+
+    assert main(["doctor"]) == 1
+    table = capsys.readouterr().out
+    assert "search: not probed: cloudmap-reactor:http-check='healthz'" in table
+    assert "orders: 2 task(s) without a container health check (UNKNOWN); tag cloudmap-reactor:http-check" in table
+    assert "catalog: 2 task(s)" not in table

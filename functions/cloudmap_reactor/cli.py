@@ -104,7 +104,7 @@ def _doctor(args: argparse.Namespace, fleet: EcsReader, registry: CloudMapDeregi
 def _doctor_table(services: list[ServiceDiagnosis]) -> str:
     header = (
         *("cluster/service", "discovery", "tasks", "inst", "no task", "stopping", "no inst"),
-        *("unhealthy", "unknown", "fail-open", "stale", "status"),
+        *("unhealthy", "unknown", "fail-open", "stale", "http-check", "status"),
     )
     rows = [header]
     for s in services:
@@ -121,6 +121,7 @@ def _doctor_table(services: list[ServiceDiagnosis]) -> str:
                 str(s.unknown_health),
                 "yes" if s.fail_open else "no",
                 ",".join(s.stale_endpoints) if s.stale_tasks else "-",
+                "INVALID" if s.http_check_error else (s.http_check or "-").split(" on ")[0].removeprefix("GET "),
                 "ATTENTION" if s.needs_attention else "ok",
             )
         )
@@ -146,6 +147,13 @@ def _doctor_table(services: list[ServiceDiagnosis]) -> str:
             f"  {s.service_name}: UNHEALTHY and still registered: {', '.join(s.unhealthy_registered)}"
             for s in services
             if s.unhealthy_registered
+        ]
+        + [f"  {s.service_name}: not probed: {s.http_check_error}" for s in services if s.http_check_error]
+        + [
+            f"  {s.service_name}: {s.unknown_health} task(s) without a container health check (UNKNOWN); "
+            "tag cloudmap-reactor:http-check to have them probed"
+            for s in services
+            if s.unknown_health and not s.http_check and not s.http_check_error and s.discovery
         ]
     )
     return "\n".join([*lines, *(["", *details] if details else [])])

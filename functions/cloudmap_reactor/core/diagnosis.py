@@ -11,6 +11,7 @@ from datetime import datetime
 
 from cloudmap_reactor.core.model import EcsService, TagScope, TaskSnapshot
 from cloudmap_reactor.core.ports import CloudMapRegistry, FleetReader
+from cloudmap_reactor.core.probing import InvalidHttpCheck, http_check_of
 from cloudmap_reactor.core.safety import (
     is_leaving,
     is_unhealthy_and_running,
@@ -36,6 +37,8 @@ class ServiceDiagnosis:
     fail_open: bool  # the guard would keep this service's UNHEALTHY tasks
     stale_tasks: int = 0
     stale_endpoints: tuple[str, ...] = ()
+    http_check: str | None = None  # "GET /healthz on the instance's port, 200-399"; None: not opted in
+    http_check_error: str | None = None  # the http-check tags are wrong: the poller will not probe it
 
     @property
     def needs_attention(self) -> bool:
@@ -46,6 +49,7 @@ class ServiceDiagnosis:
             or self.unhealthy_registered
             or self.fail_open
             or self.stale_tasks
+            or self.http_check_error
         )
 
 
@@ -123,6 +127,13 @@ def _diagnose(
         if found:
             stale_tasks = len(found.stale_tasks)
             stale_endpoints = tuple(name for name, _ in found.newer_endpoints)
+    check, check_error = None, None
+    try:
+        if (parsed := http_check_of(service)) is not None:
+            port = "the instance's port" if parsed.port is None else f"port {parsed.port}"
+            check = f"GET {parsed.path} on {port}, {parsed.codes}"
+    except InvalidHttpCheck as exc:
+        check_error = str(exc)
     return ServiceDiagnosis(
         cluster_arn=service.cluster_arn,
         service_name=service.service_name,
@@ -138,4 +149,6 @@ def _diagnose(
         fail_open=plan.fail_open and service.uses_cloudmap,
         stale_tasks=stale_tasks,
         stale_endpoints=stale_endpoints,
+        http_check=check,
+        http_check_error=check_error,
     )
