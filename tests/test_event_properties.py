@@ -412,7 +412,7 @@ def test_validator_returns_documented_fields_or_raises_invalid_event() -> None:
     """
     outcomes: Counter[str] = Counter()
 
-    @settings(max_examples=3000, deadline=None)
+    @settings(max_examples=3000, deadline=None, derandomize=True)
     @given(raw=json_values | mutated_events(st.just(SAMPLE), SAMPLE_TARGET))
     def check(raw: Any) -> None:
         try:
@@ -578,7 +578,10 @@ def _judge(
     assert gone == expected, f"removed {sorted(gone)}, expected {sorted(expected)}"
     service = fleet.service(change.service_name or "")
     outcomes: dict[str, str] = result["outcomes"]
-    assert set(outcomes) == set(service.cloudmap_service_ids if service else ())
+    # The service is found only in the fleet's own cluster (an ARN of another partition, region or
+    # account names another cluster, even when its name is "prod").
+    found = service is not None and change.cluster_arn == fleet.cluster_arn
+    assert set(outcomes) == set(service.cloudmap_service_ids if service and found else ())
     assert {service_id for service_id, outcome in outcomes.items() if outcome == "deregistered"} == {
         service_id for service_id, _ in gone
     }
@@ -610,7 +613,7 @@ def test_reactor_removes_only_what_a_valid_stopping_event_names(
     before = fleet.registrations()
     kinds: Counter[str] = Counter()
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=300, deadline=None, derandomize=True)
     @given(raw=mutated_events(fleet_events(fleet), fleet.target))
     def check(raw: Any) -> None:
         result = _invoke(raw, lambda_context)
@@ -638,7 +641,7 @@ def test_reactor_drops_and_counts_what_is_not_an_event(
     """200 arbitrary JSON values: each one is invalid, counted once in InvalidEvents, and removes nothing."""
     before = fleet.registrations()
 
-    @settings(max_examples=200, deadline=None)
+    @settings(max_examples=200, deadline=None, derandomize=True)
     @given(raw=json_values)
     def check(raw: Any) -> None:
         result = _invoke(raw, lambda_context)
@@ -684,3 +687,17 @@ def test_regression_integer_of_more_than_4300_digits_is_invalid() -> None:
     event["id"] = 10**4300
     with pytest.raises(InvalidEvent):
         parse_task_state_change(event)
+
+
+def test_regression_same_names_in_another_partition_find_no_service(
+    fleet: Fleet, lambda_context: FakeLambdaContext
+) -> None:
+    """The property run's expectation was wrong here, not the reactor: aws-cn's cluster/prod is not ours."""
+    task_arn = fleet.services[0].task_arns[0].replace("arn:aws:", "arn:aws-cn:")
+    event = task_event(task_arn, fleet.cluster_arn.replace("arn:aws:", "arn:aws-cn:"), group="service:orders")
+    before = fleet.registrations()
+
+    result = task_state_change.lambda_handler(event, lambda_context)
+
+    assert result in ({"status": "processed", "outcomes": {}}, {"status": "ignored"})
+    assert fleet.registrations() == before

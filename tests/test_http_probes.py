@@ -189,6 +189,13 @@ def test_timeouts_never_stall_a_pass_beyond_the_bound(
     assert {p.error for p in failed} == {"timeout"}
 
 
+def poll_for_a_minute(env: pytest.MonkeyPatch, context: FakeLambdaContext) -> dict[str, Any]:
+    """One poller invocation through its handler: passes every 10 s of fake time for 60 s."""
+    env.setenv("POLL_WINDOW_SECONDS", "60")
+    result: dict[str, Any] = health_poller.lambda_handler(load_event("scheduled-poll.json"), context)
+    return result
+
+
 def test_dry_run_changes_nothing(
     aws: FleetBuilder,
     http: LocalHttpTargets,
@@ -198,11 +205,10 @@ def test_dry_run_changes_nothing(
     read_output: Any,
 ) -> None:
     probing.setenv("DRY_RUN", "true")
-    probing.setenv("POLL_WINDOW_SECONDS", "60")
     service, _ = service_behind(aws, http, [Behaviour.HEALTHY] * 3 + [Behaviour.FAILING])
     cloudmap = count_calls(cloudmap_client())
 
-    result = health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
+    result = poll_for_a_minute(probing, lambda_context)
 
     assert result["passes"] >= 4
     assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns)
@@ -222,10 +228,9 @@ def test_handler_reports_probe_metrics_and_logs(
     fake_time: FakeTime,
     read_output: Any,
 ) -> None:
-    probing.setenv("POLL_WINDOW_SECONDS", "60")
     service, _ = service_behind(aws, http, [Behaviour.HEALTHY] * 3 + [Behaviour.FAILING])
 
-    result = health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
+    result = poll_for_a_minute(probing, lambda_context)
 
     passes = result["passes"]
     assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns[:3])
