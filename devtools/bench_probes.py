@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import statistics
 import subprocess
@@ -59,6 +60,7 @@ def _measure_and_report() -> int:
         for title, instances, hung, concurrency in SCENARIOS:
             urls = [f"http://{h}:{p}/healthz" for h, p in hanging[:hung]]
             urls += [f"http://{h}:{p}/healthz" for h, p in (healthy[i % SERVERS] for i in range(instances - hung))]
+            random.Random(7).shuffle(urls)  # noqa: S311 (hanging instances spread among the others, as task ids order them)
             print(f"{instances} instances, {title}, concurrency {concurrency} ...", file=sys.stderr)
             measured = _run_worker(urls, concurrency)
             rows.append({"title": title, "instances": instances, "concurrency": concurrency, **measured})
@@ -90,16 +92,21 @@ def _worker(urls: list[str], concurrency: int, repeats: int) -> dict[str, Any]:
     targets = [ProbeTarget("srv-bench", f"task-{i}", url, codes) for i, url in enumerate(urls)]
     prober = RequestsProber(connect_timeout=1.0, read_timeout=2.0, concurrency=concurrency)
     seconds: list[float] = []
+    cpu_ms_per_probe: list[float] = []
     verdicts: Counter[str] = Counter()
     for _ in range(repeats):
+        cpu_before = _cpu_seconds()
         started = time.perf_counter()
         results = prober.probe(targets)
         seconds.append(time.perf_counter() - started)
         verdicts = Counter(r.verdict.value for r in results)
+        sent = len(results) - verdicts["skipped"]
+        cpu_ms_per_probe.append((_cpu_seconds() - cpu_before) * 1000 / max(1, sent))
         time.sleep(prober.pass_bound_seconds)  # let hung probes finish before the next pass, as between passes
     durations = sorted(r.duration_ms for r in results if r.verdict.value == "healthy")
     return {
         "seconds_median": statistics.median(seconds),
+        "cpu_ms_per_probe": statistics.median(cpu_ms_per_probe),
         "seconds_max": max(seconds),
         "bound_seconds": prober.pass_bound_seconds,
         "verdicts": dict(verdicts),
@@ -107,6 +114,15 @@ def _worker(urls: list[str], concurrency: int, repeats: int) -> dict[str, Any]:
         "healthy_p99_ms": durations[int(len(durations) * 0.99)] if durations else None,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _render(rows: list[dict[str, Any]]) -> str:
@@ -121,8 +137,8 @@ def _render(rows: list[dict[str, Any]]) -> str:
         "in a VPC each healthy probe costs about a round trip more, which the concurrency hides.",
         "",
         "| Instances | Scenario | Concurrency | Pass (median / max) | Bound | Healthy / failed / skipped "
-        "| Healthy probe p50 / p99 | Peak RSS |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Healthy probe p50 / p99 | CPU per probe | Peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         v = row["verdicts"]
@@ -130,14 +146,25 @@ def _render(rows: list[dict[str, Any]]) -> str:
             f"| {row['instances']:,} | {row['title']} | {row['concurrency']} "
             f"| {row['seconds_median']:.2f} s / {row['seconds_max']:.2f} s | {row['bound_seconds']:.2f} s "
             f"| {v.get('healthy', 0)} / {v.get('failed', 0)} / {v.get('skipped', 0)} "
-            f"| {row['healthy_p50_ms']:.1f} / {row['healthy_p99_ms']:.1f} ms | {row['peak_rss_mb']:.0f} MB |"
+            f"| {_ms(row['healthy_p50_ms'])} / {_ms(row['healthy_p99_ms'])} | {row['cpu_ms_per_probe']:.2f} ms "
+            f"| {row['peak_rss_mb']:.0f} MB |"
         )
+    cpu = statistics.median(row["cpu_ms_per_probe"] for row in rows)
     lines += [
         "",
-        "A pass never exceeds its bound (twice connect + read timeout, plus a grace of 0.25 s). When more",
-        "instances hang than there are probes in flight, those not started in time are skipped for that",
-        "pass (their failure count is unchanged) and the next pass shuffles the order; raise",
-        "`ProbeConcurrency` so that one pass's hanging instances fit in one wave.",
+        "A pass never exceeds its bound (twice connect + read timeout, plus a grace of 0.25 s). A probe",
+        "starts only while it can still finish within the bound, so a pass has about connect + read",
+        "timeout (3 s) to start its probes; those not started are skipped for that pass (their failure",
+        "count is unchanged), and the next pass starts with failing, then least recently probed",
+        "instances, so none starves. Two limits follow:",
+        "",
+        "* **Hanging instances**: more of them than `ProbeConcurrency` fill every slot; raise it so that",
+        "  one pass's hanging instances fit in one wave (the 128 row).",
+        f"* **CPU**: a probe costs about {cpu:.1f} ms of CPU here (requests, urllib3, the thread hand-off).",
+        "  Lambda gives a function CPU in proportion to its memory (one vCPU at 1,769 MB): at the",
+        "  default 256 MB (about 0.15 vCPU) a pass can start roughly "
+        f"{0.145 * 3000 / cpu:,.0f} probes; at 1,769 MB about {3000 / cpu:,.0f}.",
+        "  Give the poller more memory before probing thousands of instances.",
         "",
     ]
     return "\n".join(lines)

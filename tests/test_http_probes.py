@@ -7,7 +7,7 @@ server that behaves one way, runs poller passes and then reads Cloud Map's state
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -15,7 +15,7 @@ import pytest
 from cloudmap_reactor import wiring
 from cloudmap_reactor.adapters.clients import cloudmap_client
 from cloudmap_reactor.core.health_scan import HealthScanner
-from cloudmap_reactor.core.probing import ProbeVerdict
+from cloudmap_reactor.core.probing import ProbeResult, ProbeTarget, ProbeVerdict
 from cloudmap_reactor.handlers import health_poller
 from devtools.aws_emulator import FleetBuilder, SeededService
 from devtools.http_targets import Behaviour, LocalHttpTargets, TargetServer, local_http_targets
@@ -375,3 +375,47 @@ def test_an_instance_failing_in_one_of_two_cloudmap_services_leaves_only_that_on
 
     assert aws.instance_ids(http_sid) == ids(*arns)
     assert aws.instance_ids(grpc_sid) == ids(*arns[:3])
+
+
+class FirstFewProber:
+    """A prober with room for ``capacity`` probes a pass (the rest skipped), and one instance that fails."""
+
+    def __init__(self, capacity: int, failing: str) -> None:
+        self.capacity = capacity
+        self.failing = failing
+        self.probed: list[list[str]] = []
+
+    def probe(self, targets: Sequence[ProbeTarget]) -> list[ProbeResult]:
+        self.probed.append([t.instance_id for t in targets[: self.capacity]])
+        return [
+            ProbeResult(
+                t,
+                ProbeVerdict.SKIPPED
+                if i >= self.capacity
+                else ProbeVerdict.FAILED
+                if t.instance_id == self.failing
+                else ProbeVerdict.HEALTHY,
+            )
+            for i, t in enumerate(targets)
+        ]
+
+
+def test_when_a_pass_cannot_probe_everything_failing_instances_go_first_and_none_starves(
+    aws: FleetBuilder, http: LocalHttpTargets, probing: pytest.MonkeyPatch
+) -> None:
+    """Room for 4 probes a pass among 12 instances: every instance is probed within 3 passes and the
+    failing one on every pass once it failed, so it still leaves after exactly 3 passes in a row."""
+    service, _ = service_behind(aws, http, [Behaviour.HEALTHY] * 12)
+    failing = ids(service.task_arns[7]).pop()
+    deps = wiring.poller_deps()
+    prober = FirstFewProber(capacity=4, failing=failing)
+    scan = HealthScanner(fleet=deps.fleet, registry=deps.remover, cluster_arns=(), dry_run=False, prober=prober)
+
+    results = [scan.run_pass() for _ in range(5)]
+
+    assert set().union(*map(set, prober.probed[:3])) == ids(*service.task_arns)
+    first_failure = next(n for n, probed in enumerate(prober.probed) if failing in probed)
+    assert all(failing in probed for probed in prober.probed[first_failure : first_failure + 3])
+    removed_on = [n for n, r in enumerate(results) if r.deregistrations]
+    assert removed_on == [first_failure + 2]
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns) - {failing}

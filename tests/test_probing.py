@@ -129,6 +129,24 @@ def test_failures_count_in_a_row_and_one_success_resets() -> None:
     assert seen == [(1, 1, set()), (2, 0, set()), (2, 1, set()), (3, 2, {("srv-a", "a")})]
 
 
+def test_failing_and_least_recently_probed_instances_are_probed_first() -> None:
+    """When a pass cannot probe everything, the instances closest to the threshold go first, then the oldest."""
+    counter = FailureCounter(threshold=3)
+    keys = [("srv-a", name) for name in "abcd"]
+    counter.record(
+        [
+            result("a", ProbeVerdict.FAILED),
+            result("b", ProbeVerdict.HEALTHY),
+            result("c", ProbeVerdict.SKIPPED),
+            result("d", ProbeVerdict.HEALTHY),
+        ],
+        still_probed=keys,
+    )
+    counter.record([result("b", ProbeVerdict.HEALTHY)], still_probed=keys)
+    targets = [result(name, ProbeVerdict.HEALTHY).target for name in "dcba"]
+    assert [t.instance_id for t in counter.in_probing_order(targets)] == ["a", "c", "d", "b"]
+
+
 def test_an_instance_no_longer_probed_is_forgotten() -> None:
     counter = FailureCounter(threshold=2)
     counter.record([result("a", ProbeVerdict.FAILED)], still_probed=[("srv-a", "a")])

@@ -298,7 +298,7 @@ def test_function_settings(stack: Stack, logical_id: str, handler: str, timeout:
     assert function["Runtime"] == "python3.13"
     assert function["Architectures"] == ["arm64"]
     assert function["Timeout"] == timeout
-    assert function["MemorySize"] == 256
+    assert int(function["MemorySize"]) == 256
     assert function["TracingConfig"] == {"Mode": "Active"}
     layers = function["Layers"]
     assert len(layers) == 1
@@ -357,6 +357,10 @@ def test_environment_follows_parameters() -> None:
     poller_env = stack.properties(POLLER)["Environment"]["Variables"]
     assert (poller_env["POLL_INTERVAL_SECONDS"], poller_env["POLL_WINDOW_SECONDS"]) == ("5", "0")
     assert poller_env["ECS_READS_PER_SECOND"] == "0"
+
+
+def test_poller_memory_is_a_parameter() -> None:
+    assert Stack({"PollerMemorySize": "1769"}).properties(POLLER)["MemorySize"] == "1769"
 
 
 VPC = {"ProbeSubnetIds": "subnet-0a,subnet-0b", "ProbeSecurityGroupIds": "sg-0probe"}

@@ -4,13 +4,12 @@ A probe is ``GET <path>`` with connect and read timeouts, no redirects followed,
 cookies kept, ``Accept-Encoding: identity`` and at most ``max_body_bytes`` of body read. The
 whole probing of a pass is bounded too: a probe starts only while it can still finish within
 ``pass_bound_seconds`` (twice connect + read timeout) of the pass's first probe; the others are
-skipped this pass, and a probe that has not answered by then counts as a timeout. Targets are
-shuffled each pass so that skips, when there are any, fall on different instances.
+skipped this pass, and a probe that has not answered by then counts as a timeout. Probes start in
+the order given (the scanner puts failing and least recently probed instances first).
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -56,9 +55,8 @@ class RequestsProber:
             return []
         begun = self._clock()
         deadline = begun + 2 * self._probe_seconds
-        shuffled = random.sample(list(targets), k=len(targets))
         futures: dict[Future[ProbeResult], ProbeTarget] = {
-            self._pool.submit(self._probe_one, target, deadline): target for target in shuffled
+            self._pool.submit(self._probe_one, target, deadline): target for target in targets
         }
         done, _ = wait(futures, timeout=max(0.0, deadline - self._clock()) + _GRACE_SECONDS)
         results: list[ProbeResult] = []

@@ -374,7 +374,8 @@ class HealthScanner:
         for read in reads:
             for target, service in self._probe_targets(read):
                 targets[target.key] = (target, service)
-        results = self._prober.probe([target for target, _ in targets.values()]) if targets else []
+        ordered = self._probe_failures.in_probing_order(target for target, _ in targets.values())
+        results = self._prober.probe(ordered) if ordered else []
         self._probe_failures.record(results, still_probed=targets)
         result.probes.extend(results)
         for probe in results:

@@ -62,5 +62,8 @@ class FleetReader(ServiceDirectory, Protocol):
 
 class HttpProber(Protocol):
     def probe(self, targets: Sequence[ProbeTarget]) -> list[ProbeResult]:
-        """Probe every target concurrently; one result each, returned within the prober's time bound."""
+        """Probe the targets concurrently, in the given order; one result each, within the prober's time bound.
+
+        Targets that cannot be started in time are returned as skipped.
+        """
         ...
