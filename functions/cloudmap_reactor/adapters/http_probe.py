@@ -93,7 +93,7 @@ class RequestsProber:
         """Read at most ``max_body_bytes`` of the answer; a body still trickling in at ``until`` is a timeout."""
         read = 0
         while read < self._max_body:
-            chunk = response.raw.read(min(_CHUNK, self._max_body - read), decode_content=False)
+            chunk = response.raw.read1(min(_CHUNK, self._max_body - read), decode_content=False)
             if not chunk:
                 return
             read += len(chunk)
