@@ -30,20 +30,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cloudmap_reactor.core.deregistration import deregister_task
+from cloudmap_reactor.core.http_checks import FailedProbe, HttpChecks, ProbeProblem, failing_tasks
 from cloudmap_reactor.core.model import Deregistration, EcsService, Outcome, Reason, TagScope, TaskSnapshot
 from cloudmap_reactor.core.ports import AwsCallFailed, CloudMapRegistry, FleetReader, HttpProber, ServiceRedeployer
-from cloudmap_reactor.core.probing import (
-    FailureCounter,
-    HttpCheck,
-    InvalidHttpCheck,
-    ProbeResult,
-    ProbeTarget,
-    ProbeVerdict,
-    http_check_of,
-    probe_target,
-)
+from cloudmap_reactor.core.probing import HttpCheck, ProbeResult, ProbeTarget
 from cloudmap_reactor.core.safety import (
-    RUNNING,
     RemovalPlan,
     is_leaving,
     is_unhealthy_and_running,
@@ -107,26 +98,6 @@ class Redeployment:
 
     client: StaleClient
     dry_run: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeProblem:
-    """A service or instance that cannot be probed (bad tag, no address); reported once per invocation."""
-
-    cluster_arn: str
-    service_name: str
-    error: str
-    cloudmap_service_id: str | None = None
-    instance_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class FailedProbe:
-    """A failed probe and how many in a row the instance has failed now."""
-
-    result: ProbeResult
-    service: EcsService
-    consecutive_failures: int
 
 
 @dataclass(slots=True)
@@ -250,9 +221,8 @@ class HealthScanner:
         self._redeployer = redeployer
         self._heal_all = redeploy_stale_clients
         self._every_endpoint = every_endpoint
-        self._prober = prober  # None: probing is off (the poller has no network path to tasks)
-        self._probe_failures = FailureCounter(probe_failure_threshold)
-        self._probe_problems_reported: set[tuple[str, str, str]] = set()
+        # None: probing is off (the poller has no network path to the tasks)
+        self._http = HttpChecks(prober, failure_threshold=probe_failure_threshold) if prober else None
         # What this invocation has learnt, kept between its passes:
         self._pass = -1
         self._clusters: list[str] | None = None
@@ -316,7 +286,10 @@ class HealthScanner:
             return read  # nothing here is registered in Cloud Map and in scope: no task reads needed
 
         read.reconcile = self._reconcile_every > 0 and self._pass % self._reconcile_every == 0
-        read.checks = self._http_checks(cluster_arn, managed, result)
+        if self._http is not None:
+            checks, problems = self._http.checks(cluster_arn, managed)
+            read.checks = checks
+            result.probe_problems.extend(problems)
         listed = managed if read.reconcile else {name: managed[name] for name in read.checks}
         # Listed before the tasks: an instance registered after this by a task that starts after
         # the task listing would otherwise look like a leftover.
@@ -341,78 +314,32 @@ class HealthScanner:
         grouped = tasks_by_service(read.tasks, services)
         for name, service in services.items():
             tasks = grouped.get(name, [])
-            self._remove_unhealthy(service, tasks, result, probe_failed=_failing_tasks(service, tasks, failing))
+            self._remove_unhealthy(service, tasks, result, probe_failed=failing_tasks(service, tasks, failing))
         if read.reconcile:
             result.reconciled_services = len(read.registered)
             self._reconcile(read.cluster_arn, read.registered, {t.task_id for t in read.tasks}, result)
         self._check_start_order(read.cluster_arn, read.view, read.tasks, result)
         return result
 
-    # -- HTTP probes ---------------------------------------------------------------------------
-    def _http_checks(
-        self, cluster_arn: str, services: Mapping[str, EcsService], result: HealthPassResult
-    ) -> dict[str, HttpCheck]:
-        """The services to probe this pass; a service whose tags are wrong is reported and left alone."""
-        if self._prober is None:
-            return {}
-        checks: dict[str, HttpCheck] = {}
-        for name, service in services.items():
-            try:
-                check = http_check_of(service)
-            except InvalidHttpCheck as exc:
-                self._report_once(result, ProbeProblem(cluster_arn, name, str(exc)))
-                continue
-            if check is not None:
-                checks[name] = check
-        return checks
-
     def _probe(self, reads: Sequence[_ClusterRead], result: HealthPassResult) -> set[tuple[str, str]]:
-        """Probe every target of the pass at once; the (Cloud Map service id, instance id) now over the threshold."""
-        if self._prober is None:
+        """Probe the pass's instances at once; the (Cloud Map service id, instance id) now over the threshold."""
+        if self._http is None:
             return set()
-        targets: dict[tuple[str, str], tuple[ProbeTarget, EcsService]] = {}
-        for read in reads:
-            for target, service in self._probe_targets(read):
-                targets[target.key] = (target, service)
-        ordered = self._probe_failures.in_probing_order(target for target, _ in targets.values())
-        results = self._prober.probe(ordered) if ordered else []
-        self._probe_failures.record(results, still_probed=targets)
-        result.probes.extend(results)
-        for probe in results:
-            if probe.verdict is ProbeVerdict.FAILED:
-                service = targets[probe.target.key][1]
-                failures = self._probe_failures.failures(probe.target.key)
-                result.failed_probes.append(FailedProbe(probe, service, failures))
-        return self._probe_failures.over_threshold()
-
-    def _probe_targets(self, read: _ClusterRead) -> list[tuple[ProbeTarget, EcsService]]:
-        """Registered instances of opted-in services whose task runs and is still registered there."""
         targets: list[tuple[ProbeTarget, EcsService]] = []
-        services = read.view.managed(self._scope)
-        grouped = tasks_by_service(read.tasks, services)
-        for name, check in read.checks.items():
-            service = services.get(name)
-            if service is None:
-                continue
-            running = {
-                t.task_id: t for t in grouped.get(name, []) if t.last_status == RUNNING and t.desired_status == RUNNING
-            }
-            for sid, instances in sorted(read.registered.get(name, {}).items()):
-                for instance_id, attributes in sorted(instances.items()):
-                    task = running.get(instance_id)
-                    if task is None or sid in self._removed.get(task.task_arn, ()):
-                        continue
-                    try:
-                        targets.append((probe_target(sid, instance_id, attributes, check), service))
-                    except InvalidHttpCheck as exc:
-                        self._report_once(read.result, ProbeProblem(read.cluster_arn, name, str(exc), sid, instance_id))
-        return targets
-
-    def _report_once(self, result: HealthPassResult, problem: ProbeProblem) -> None:
-        key = (problem.cluster_arn, problem.service_name, problem.error)
-        if key not in self._probe_problems_reported:
-            self._probe_problems_reported.add(key)
-            result.probe_problems.append(problem)
+        for read in reads:
+            services = read.view.managed(self._scope)
+            grouped = tasks_by_service(read.tasks, services)
+            for name, check in read.checks.items():
+                if name in services:
+                    found, problems = self._http.targets(
+                        services[name], check, grouped.get(name, []), read.registered.get(name, {}), self._removed
+                    )
+                    targets.extend(found)
+                    read.result.probe_problems.extend(problems)
+        probes = self._http.probe(targets)
+        result.probes.extend(probes.results)
+        result.failed_probes.extend(probes.failed)
+        return probes.over_threshold
 
     def _check_start_order(
         self, cluster_arn: str, view: _ClusterView, tasks: list[TaskSnapshot], result: HealthPassResult
@@ -570,15 +497,3 @@ class HealthScanner:
                         service, task.task_arn, reason=Reason.RECONCILED, result=result, only=[cloudmap_id]
                     )
             # else: a task that started after the listing, or runs elsewhere; nothing to do
-
-
-def _failing_tasks(
-    service: EcsService, tasks: Iterable[TaskSnapshot], failing: set[tuple[str, str]]
-) -> dict[str, set[str]]:
-    """Task ARN -> the service's Cloud Map service ids the task's instance failed its probes in."""
-    by_id = {t.task_id: t.task_arn for t in tasks}
-    found: dict[str, set[str]] = defaultdict(set)
-    for sid, instance_id in failing:
-        if sid in service.cloudmap_service_ids and instance_id in by_id:
-            found[by_id[instance_id]].add(sid)
-    return dict(found)

@@ -1,0 +1,141 @@
+"""The HTTP-probe side of a health pass: which instances to probe, the probing, the failure counts.
+
+The scanner reads the clusters, hands this the opted-in services' registered instances, and gets
+back the instances over the failure threshold; it then decides (fail-open guard included) and
+deregisters. State kept here lasts one invocation, like the scanner's: the consecutive failures
+per instance, and the problems already reported.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cloudmap_reactor.core.model import EcsService, TaskSnapshot
+from cloudmap_reactor.core.ports import HttpProber
+from cloudmap_reactor.core.probing import (
+    FailureCounter,
+    HttpCheck,
+    InvalidHttpCheck,
+    ProbeResult,
+    ProbeTarget,
+    ProbeVerdict,
+    http_check_of,
+    probe_target,
+)
+from cloudmap_reactor.core.safety import RUNNING
+
+InstanceKey = tuple[str, str]  # (Cloud Map service id, instance id)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeProblem:
+    """A service or instance that cannot be probed (bad tag, no address); reported once per invocation."""
+
+    cluster_arn: str
+    service_name: str
+    error: str
+    cloudmap_service_id: str | None = None
+    instance_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FailedProbe:
+    """A failed probe and how many in a row the instance has failed now."""
+
+    result: ProbeResult
+    service: EcsService
+    consecutive_failures: int
+
+
+@dataclass(slots=True)
+class ProbeRound:
+    """What one pass's probing found."""
+
+    results: list[ProbeResult] = field(default_factory=list)
+    failed: list[FailedProbe] = field(default_factory=list)
+    over_threshold: set[InstanceKey] = field(default_factory=set)
+
+
+class HttpChecks:
+    """Probes the instances of services tagged ``cloudmap-reactor:http-check`` and counts failures."""
+
+    def __init__(self, prober: HttpProber, *, failure_threshold: int) -> None:
+        self._prober = prober
+        self._failures = FailureCounter(failure_threshold)
+        self._reported: set[tuple[str, str, str]] = set()
+
+    def checks(
+        self, cluster_arn: str, services: Mapping[str, EcsService]
+    ) -> tuple[dict[str, HttpCheck], list[ProbeProblem]]:
+        """The services to probe (by name); a service whose tags are wrong is reported and left alone."""
+        checks: dict[str, HttpCheck] = {}
+        problems: list[ProbeProblem] = []
+        for name, service in services.items():
+            try:
+                check = http_check_of(service)
+            except InvalidHttpCheck as exc:
+                problems.extend(self._once(ProbeProblem(cluster_arn, name, str(exc))))
+                continue
+            if check is not None:
+                checks[name] = check
+        return checks, problems
+
+    def targets(
+        self,
+        service: EcsService,
+        check: HttpCheck,
+        tasks: Iterable[TaskSnapshot],
+        registered: Mapping[str, Mapping[str, Mapping[str, str]]],
+        removed: Mapping[str, set[str]],
+    ) -> tuple[list[tuple[ProbeTarget, EcsService]], list[ProbeProblem]]:
+        """The service's registered instances whose task runs and that were not taken out already.
+
+        ``registered``: Cloud Map service id -> instance id -> attributes; ``removed``: task ARN ->
+        the Cloud Map service ids it was taken out of in this invocation.
+        """
+        running = {t.task_id: t for t in tasks if t.last_status == RUNNING and t.desired_status == RUNNING}
+        targets: list[tuple[ProbeTarget, EcsService]] = []
+        problems: list[ProbeProblem] = []
+        for sid, instances in sorted(registered.items()):
+            for instance_id, attributes in sorted(instances.items()):
+                task = running.get(instance_id)
+                if task is None or sid in removed.get(task.task_arn, ()):
+                    continue
+                try:
+                    targets.append((probe_target(sid, instance_id, attributes, check), service))
+                except InvalidHttpCheck as exc:
+                    problem = ProbeProblem(service.cluster_arn, service.service_name, str(exc), sid, instance_id)
+                    problems.extend(self._once(problem))
+        return targets, problems
+
+    def probe(self, targets: Sequence[tuple[ProbeTarget, EcsService]]) -> ProbeRound:
+        """Probe every target of the pass at once (failing and least recently probed first) and count."""
+        owners = {target.key: service for target, service in targets}
+        ordered = self._failures.in_probing_order(target for target, _ in targets)
+        results = self._prober.probe(ordered) if ordered else []
+        self._failures.record(results, still_probed=owners)
+        failed = [
+            FailedProbe(probe, owners[probe.target.key], self._failures.failures(probe.target.key))
+            for probe in results
+            if probe.verdict is ProbeVerdict.FAILED
+        ]
+        return ProbeRound(results=results, failed=failed, over_threshold=self._failures.over_threshold())
+
+    def _once(self, problem: ProbeProblem) -> list[ProbeProblem]:
+        key = (problem.cluster_arn, problem.service_name, problem.error)
+        if key in self._reported:
+            return []
+        self._reported.add(key)
+        return [problem]
+
+
+def failing_tasks(service: EcsService, tasks: Iterable[TaskSnapshot], failing: set[InstanceKey]) -> dict[str, set[str]]:
+    """Task ARN -> the service's Cloud Map service ids the task's instance failed its probes in."""
+    by_id = {t.task_id: t.task_arn for t in tasks}
+    found: dict[str, set[str]] = defaultdict(set)
+    for sid, instance_id in failing:
+        if sid in service.cloudmap_service_ids and instance_id in by_id:
+            found[by_id[instance_id]].add(sid)
+    return dict(found)
