@@ -9,16 +9,19 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
 from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client, reset_clients
 from cloudmap_reactor.adapters.cloudmap import CloudMapDeregistrar
 from cloudmap_reactor.adapters.ecs import EcsReader, EcsServiceUpdater
-from cloudmap_reactor.adapters.http_probe import RequestsProber
 from cloudmap_reactor.adapters.rate_limit import TokenBucket
 from cloudmap_reactor.config import Settings
 from cloudmap_reactor.core.health_scan import HealthScanner
 from cloudmap_reactor.core.service_cache import CachedServiceLookup
 from cloudmap_reactor.observability import logger
+
+if TYPE_CHECKING:
+    from cloudmap_reactor.adapters.http_probe import RequestsProber
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,9 @@ def _prober(config: Settings) -> RequestsProber | None:
             "cloudmap-reactor:http-check are not probed (set ProbeSubnetIds and ProbeSecurityGroupIds)."
         )
         return None
+    # Imported only when probes are on: requests adds to every cold start otherwise.
+    from cloudmap_reactor.adapters.http_probe import RequestsProber  # noqa: PLC0415
+
     return RequestsProber(
         connect_timeout=config.probe_connect_timeout_seconds,
         read_timeout=config.probe_read_timeout_seconds,
