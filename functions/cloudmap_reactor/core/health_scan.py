@@ -182,6 +182,9 @@ class _ClusterRead:
     reconcile: bool
     checks: dict[str, HttpCheck]  # service name -> its HTTP check (services that opted in)
     result: HealthPassResult
+    # Once the tasks are read: the managed services (new ones included) and their tasks.
+    services: dict[str, EcsService] = field(default_factory=dict)
+    grouped: dict[str, list[TaskSnapshot]] = field(default_factory=dict)
 
 
 class HealthScanner:
@@ -302,18 +305,18 @@ class HealthScanner:
             found = {s.service_name: s for s in self._fleet.describe_services(cluster_arn, unknown)}
             result.services_described += len(found)
             view.services.update({name: found.get(name) for name in unknown})
+        read.services = view.managed(self._scope)
+        read.grouped = tasks_by_service(read.tasks, read.services)
         return read
 
     def _act_on_cluster(self, read: _ClusterRead, failing: set[tuple[str, str]]) -> HealthPassResult:
         """Decide and deregister, reconcile, check start order: the failures here are per service."""
         result = read.result
-        services = read.view.managed(self._scope)
-        if not services:
+        if not read.services:
             return result
-        result.services_with_cloudmap = len(services)
-        grouped = tasks_by_service(read.tasks, services)
-        for name, service in services.items():
-            tasks = grouped.get(name, [])
+        result.services_with_cloudmap = len(read.services)
+        for name, service in read.services.items():
+            tasks = read.grouped.get(name, [])
             self._remove_unhealthy(service, tasks, result, probe_failed=failing_tasks(service, tasks, failing))
         if read.reconcile:
             result.reconciled_services = len(read.registered)
@@ -327,12 +330,14 @@ class HealthScanner:
             return set()
         targets: list[tuple[ProbeTarget, EcsService]] = []
         for read in reads:
-            services = read.view.managed(self._scope)
-            grouped = tasks_by_service(read.tasks, services)
             for name, check in read.checks.items():
-                if name in services:
+                if name in read.services:
                     found, problems = self._http.targets(
-                        services[name], check, grouped.get(name, []), read.registered.get(name, {}), self._removed
+                        read.services[name],
+                        check,
+                        read.grouped.get(name, []),
+                        read.registered.get(name, {}),
+                        self._removed,
                     )
                     targets.extend(found)
                     read.result.probe_problems.extend(problems)
