@@ -54,7 +54,7 @@ def worker_pass(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(args.passes):
         meter.counts.clear()
         started = time.perf_counter()
-        result = scanner.run_pass()
+        result = scanner.run_pass(deadline=time.monotonic() + 600)
         passes.append(
             {
                 "seconds": time.perf_counter() - started,

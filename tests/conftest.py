@@ -21,7 +21,8 @@ from devtools.local_lambda import FakeLambdaContext, emulator_environment
 
 for _name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "CLUSTER_ARNS", "DRY_RUN"):
     os.environ.pop(_name, None)
-os.environ.update({**emulator_environment(), "POWERTOOLS_DEV": "false"})
+# One pass per poller invocation unless a test asks for a window (the template's schedule would poll 50 s).
+os.environ.update({**emulator_environment(), "POWERTOOLS_DEV": "false", "POLL_WINDOW_SECONDS": "0"})
 
 import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402

@@ -86,7 +86,8 @@ def test_plan_prints_what_a_pass_would_do_and_changes_nothing(
         (unhealthy, "Unhealthy"),
         (unhealthy, "Unhealthy"),
     ]
-    assert plan["fail_open"] == ["payments"]
+    assert [held["services"] for held in plan["fail_open"]] == [["payments"]]
+    assert {d["rule"] for d in plan["deregister"]} == {"ecs-unhealthy"}
     assert plan["orphan_instances"] == ["leftover-1"]
     assert {sid: aws.instance_ids(sid) for s in fleet.values() for sid in s.cloudmap_service_ids} == before
 
@@ -103,12 +104,14 @@ def test_doctor_and_plan_make_only_read_calls(fleet: Fleet, mocker: Any) -> None
 
 
 def test_no_mutating_api_is_reachable_through_the_read_only_clients(fleet: Fleet) -> None:
-    ecs, cloudmap = read_only_clients(None, "us-east-1")
+    ecs, cloudmap, cloudformation = read_only_clients(None, "us-east-1")
     orders = fleet["orders"]
     with pytest.raises(MutationRefused, match="DeregisterInstance"):
         cloudmap.deregister_instance(ServiceId=orders.cloudmap_service_ids[0], InstanceId=task_id(orders.task_arns[0]))
     with pytest.raises(MutationRefused, match="UpdateService"):
         ecs.update_service(cluster="prod", service="orders", forceNewDeployment=True)
+    with pytest.raises(MutationRefused, match="UpdateStack"):
+        cloudformation.update_stack(StackName="cloudmap-reactor", UsePreviousTemplate=True)
     plain = boto3.client("servicediscovery")
     assert task_id(orders.task_arns[0]) in {
         i["Id"] for i in plain.list_instances(ServiceId=orders.cloudmap_service_ids[0])["Instances"]

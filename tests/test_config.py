@@ -1,23 +1,23 @@
-"""Settings are parsed once, strictly, with an error that names every bad variable."""
+"""Policy are parsed once, strictly, with an error that names every bad variable."""
 
 from __future__ import annotations
 
 import pytest
 
-from cloudmap_reactor.config import ConfigError, Settings
+from cloudmap_reactor.config import ConfigError, Policy
 
 PROD = "arn:aws:ecs:us-east-1:123456789012:cluster/prod"
 GOV = "arn:aws-us-gov:ecs:us-gov-west-1:123456789012:cluster/gov_1"
 
 
 def test_defaults_scan_every_cluster_and_change_things() -> None:
-    settings = Settings.from_env({})
-    assert settings == Settings(cluster_arns=(), dry_run=False, log_level="INFO", service_cache_ttl_seconds=30.0)
+    settings = Policy.from_env({})
+    assert settings == Policy(cluster_arns=(), dry_run=False, log_level="INFO", service_cache_ttl_seconds=30.0)
     assert settings.in_scope(PROD)
 
 
 def test_cluster_arns_are_trimmed_deduplicated_and_scope_the_clusters() -> None:
-    settings = Settings.from_env({"CLUSTER_ARNS": f" {PROD} ,{GOV},,{PROD}"})
+    settings = Policy.from_env({"CLUSTER_ARNS": f" {PROD} ,{GOV},,{PROD}"})
     assert settings.cluster_arns == (PROD, GOV)
     assert settings.in_scope(GOV)
     assert not settings.in_scope("arn:aws:ecs:us-east-1:123456789012:cluster/other")
@@ -27,12 +27,12 @@ def test_cluster_arns_are_trimmed_deduplicated_and_scope_the_clusters() -> None:
     ("raw", "expected"), [("true", True), ("TRUE", True), ("1", True), ("false", False), ("", False)]
 )
 def test_dry_run(raw: str, expected: bool) -> None:
-    assert Settings.from_env({"DRY_RUN": raw}).dry_run is expected
+    assert Policy.from_env({"DRY_RUN": raw}).dry_run is expected
 
 
 def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(ConfigError) as raised:
-        Settings.from_env(
+        Policy.from_env(
             {
                 "CLUSTER_ARNS": "prod,arn:aws:ecs:us-east-1:123:cluster/x",
                 "DRY_RUN": "maybe",
@@ -57,10 +57,10 @@ def test_bad_configuration_fails_the_invocation_with_the_message(
 
 
 def test_http_probes_are_off_unless_the_template_turns_them_on() -> None:
-    defaults = Settings.from_env({})
+    defaults = Policy.from_env({})
     assert (defaults.http_probes, defaults.probe_failure_threshold) == (False, 3)
     assert (defaults.probe_connect_timeout_seconds, defaults.probe_read_timeout_seconds) == (1.0, 2.0)
-    tuned = Settings.from_env(
+    tuned = Policy.from_env(
         {
             "HTTP_PROBES": "true",
             "PROBE_CONNECT_TIMEOUT_SECONDS": "0.5",
@@ -79,7 +79,7 @@ def test_http_probes_are_off_unless_the_template_turns_them_on() -> None:
 
 def test_probe_settings_are_bounded() -> None:
     with pytest.raises(ConfigError) as raised:
-        Settings.from_env(
+        Policy.from_env(
             {"PROBE_CONNECT_TIMEOUT_SECONDS": "0", "PROBE_READ_TIMEOUT_SECONDS": "60", "PROBE_FAILURE_THRESHOLD": "1.5"}
         )
     for name in ("PROBE_CONNECT_TIMEOUT_SECONDS", "PROBE_READ_TIMEOUT_SECONDS", "PROBE_FAILURE_THRESHOLD"):

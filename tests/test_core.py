@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from cloudmap_reactor.core.deregistration import deregister_task
+from cloudmap_reactor.config import Policy
+from cloudmap_reactor.core.decide import decide_cluster
+from cloudmap_reactor.core.decisions import ClusterSnapshot, Decision, Deregister, Hold, Memory, Rule
 from cloudmap_reactor.core.model import (
     ENABLED_TAG,
     IGNORE_TAG,
@@ -20,8 +22,8 @@ from cloudmap_reactor.core.model import (
     service_name_from_group,
 )
 from cloudmap_reactor.core.ports import AwsCallFailed, RemovalResult
-from cloudmap_reactor.core.safety import plan_unhealthy_removals
 from cloudmap_reactor.core.service_cache import CachedServiceLookup
+from cloudmap_reactor.poller.acting import Actor
 
 CLUSTER = "arn:aws:ecs:us-east-1:123456789012:cluster/prod"
 ORDERS = EcsService(CLUSTER, "orders", f"{CLUSTER}/orders", frozenset({"srv-a", "srv-b"}))
@@ -34,6 +36,23 @@ def task(
     return TaskSnapshot(CLUSTER, f"arn:aws:ecs:us-east-1:123456789012:task/prod/{n:032x}", group, last, desired, health)
 
 
+def decide(
+    tasks: list[TaskSnapshot], *, removed: Sequence[TaskSnapshot] = (), min_percent: float = 50, dry_run: bool = False
+) -> Decision:
+    """One cluster's decision with every task registered in both of orders' Cloud Map services."""
+    instances: dict[str, dict[str, dict[str, str]]] = {
+        sid: {t.task_id: {} for t in tasks if t.task_id not in {r.task_id for r in removed}}
+        for sid in ORDERS.cloudmap_service_ids
+    }
+    snapshot = ClusterSnapshot(CLUSTER, {"orders": ORDERS}, tuple(tasks), instances)
+    memory = Memory(removed=frozenset((sid, t.task_id) for t in removed for sid in ORDERS.cloudmap_service_ids))
+    return decide_cluster(snapshot, memory, Policy(min_healthy_percent=min_percent, dry_run=dry_run))
+
+
+def removed_tasks(decision: Decision) -> set[str]:
+    return {a.task_arn for a in decision.actions if isinstance(a, Deregister)}
+
+
 def test_only_unhealthy_running_tasks_are_removed() -> None:
     tasks = [
         task(1, "UNHEALTHY"),
@@ -43,9 +62,13 @@ def test_only_unhealthy_running_tasks_are_removed() -> None:
         task(5, "UNHEALTHY", desired="STOPPED"),
         task(6, "HEALTHY"),
     ]
-    plan = plan_unhealthy_removals(tasks, already_removed=set(), min_healthy_percent=50)
-    assert [t.task_arn for t in plan.remove] == [tasks[0].task_arn]
-    assert (plan.running, plan.unhealthy, plan.healthy_after, plan.fail_open) == (4, 1, 3, False)
+    decision = decide(tasks)
+    assert removed_tasks(decision) == {tasks[0].task_arn}
+    assert {(a.cloudmap_service_id, a.reason, a.rule) for a in decision.actions if isinstance(a, Deregister)} == {
+        ("srv-a", Reason.UNHEALTHY, Rule.ECS_UNHEALTHY),
+        ("srv-b", Reason.UNHEALTHY, Rule.ECS_UNHEALTHY),
+    }
+    assert {(v.running, v.failing, v.healthy_registered, v.holds) for v in decision.guard} == {(4, 1, 3, False)}
 
 
 @pytest.mark.parametrize(
@@ -60,17 +83,62 @@ def test_only_unhealthy_running_tasks_are_removed() -> None:
         # two taken out on an earlier pass, a third now turns UNHEALTHY: 1 of 4 would stay
         (["UNHEALTHY", "UNHEALTHY", "UNHEALTHY", "HEALTHY"], 2, 50, 0, True),
         (["UNHEALTHY", "UNHEALTHY", "HEALTHY", "HEALTHY"], 2, 50, 0, False),  # nothing new to remove
+        (["UNHEALTHY", "HEALTHY", "HEALTHY"], 0, 50, 1, False),  # 2 of 3 stay, ceil(1.5) = 2 required
+        (["UNHEALTHY", "UNHEALTHY", "HEALTHY"], 0, 1, 2, False),  # never fewer than one: 1 stays
     ],
 )
 def test_fail_open_guard(
     healths: list[str], removed_before: int, min_percent: float, removed_now: int, fail_open: bool
 ) -> None:
     tasks = [task(n, health) for n, health in enumerate(healths)]
-    removed = {t.task_arn for t in tasks[:removed_before]}
-    plan = plan_unhealthy_removals(tasks, already_removed=removed, min_healthy_percent=min_percent)
-    assert len(plan.remove) == removed_now
-    assert plan.fail_open is fail_open
-    assert not {t.task_arn for t in plan.remove} & removed
+    decision = decide(tasks, removed=tasks[:removed_before], min_percent=min_percent)
+    assert len(removed_tasks(decision)) == removed_now
+    assert bool(decision.fail_open) is fail_open
+    assert not removed_tasks(decision) & {t.task_arn for t in tasks[:removed_before]}
+    if fail_open:
+        assert {h.why for h in decision.held} == {Hold.FAIL_OPEN}
+
+
+def test_the_guard_counts_what_is_registered_not_what_runs() -> None:
+    """Tasks whose instance is missing (never registered, or taken out by someone else) are not capacity."""
+    tasks = [task(1, "UNHEALTHY"), task(2, "HEALTHY"), task(3, "HEALTHY"), task(4, "HEALTHY")]
+    instances: dict[str, dict[str, dict[str, str]]] = {
+        sid: {tasks[0].task_id: {}, tasks[1].task_id: {}} for sid in ORDERS.cloudmap_service_ids
+    }
+    snapshot = ClusterSnapshot(CLUSTER, {"orders": ORDERS}, tuple(tasks), instances)
+    decision = decide_cluster(snapshot, Memory(), Policy())
+    assert not decision.actions
+    assert {(v.healthy_registered, v.required) for v in decision.fail_open} == {(1, 2)}
+
+
+def test_without_the_instances_the_guard_asks_for_them_instead_of_guessing() -> None:
+    tasks = [task(1, "UNHEALTHY"), task(2, "HEALTHY")]
+    decision = decide_cluster(ClusterSnapshot(CLUSTER, {"orders": ORDERS}, tuple(tasks)), Memory(), Policy())
+    assert not decision.actions
+    assert decision.needs_listing == set(ORDERS.cloudmap_service_ids)
+
+
+def test_two_ecs_services_sharing_one_cloudmap_service_are_guarded_together() -> None:
+    """Blue/green: traffic is per Cloud Map service, so both services' tasks count in one guard."""
+    blue = EcsService(CLUSTER, "blue", f"{CLUSTER}/blue", frozenset({"srv-a"}))
+    green = EcsService(CLUSTER, "green", f"{CLUSTER}/green", frozenset({"srv-a"}))
+    tasks = [task(1, "UNHEALTHY", group="service:blue"), task(2, "UNHEALTHY", group="service:blue")]
+    tasks += [task(3, "UNHEALTHY", group="service:green"), task(4, "HEALTHY", group="service:green")]
+    instances: dict[str, dict[str, dict[str, str]]] = {"srv-a": {t.task_id: {} for t in tasks}}
+    snapshot = ClusterSnapshot(CLUSTER, {"blue": blue, "green": green}, tuple(tasks), instances)
+    decision = decide_cluster(snapshot, Memory(), Policy())
+    assert not decision.actions  # per ECS service, blue alone would have looked "all unhealthy" and green 50 %
+    assert [(v.service_names, v.running, v.healthy_registered) for v in decision.fail_open] == [
+        (("blue", "green"), 4, 1)
+    ]
+
+
+def test_dry_run_holds_every_action_and_says_what_it_would_do() -> None:
+    tasks = [task(1, "UNHEALTHY"), task(2, "HEALTHY"), task(3, "HEALTHY")]
+    decision = decide(tasks, dry_run=True)
+    assert not decision.actions
+    assert {h.why for h in decision.held} == {Hold.DRY_RUN}
+    assert {a.task_arn for a in decision.planned() if isinstance(a, Deregister)} == {tasks[0].task_arn}
 
 
 def test_scope_by_tags() -> None:
@@ -108,15 +176,12 @@ class RecordingRemover:
 
 def test_one_failing_cloudmap_service_does_not_stop_the_others() -> None:
     remover = RecordingRemover(fail_for={"srv-a"}, gone={"srv-c"})
-    records = deregister_task(
-        cluster_arn=CLUSTER,
-        service_name="orders",
-        task_arn=task(1, "UNHEALTHY").task_arn,
-        cloudmap_service_ids={"srv-c", "srv-a", "srv-b"},
-        reason=Reason.UNHEALTHY,
-        remover=remover,
-        dry_run=False,
-    )
+    arn = task(1, "UNHEALTHY").task_arn
+    actions = [
+        Deregister(CLUSTER, "orders", arn, sid, Reason.UNHEALTHY, Rule.ECS_UNHEALTHY)
+        for sid in ("srv-a", "srv-b", "srv-c")
+    ]
+    records = Actor(remover=remover).apply(Decision(actions=list(actions))).deregistrations
     assert [(r.cloudmap_service_id, r.outcome) for r in records] == [
         ("srv-a", Outcome.FAILED),
         ("srv-b", Outcome.DEREGISTERED),
@@ -128,17 +193,10 @@ def test_one_failing_cloudmap_service_does_not_stop_the_others() -> None:
 
 def test_dry_run_never_calls_the_remover() -> None:
     remover = RecordingRemover()
-    records = deregister_task(
-        cluster_arn=CLUSTER,
-        service_name="orders",
-        task_arn=task(1, "UNHEALTHY").task_arn,
-        cloudmap_service_ids=ORDERS.cloudmap_service_ids,
-        reason=Reason.TASK_STOPPING,
-        remover=remover,
-        dry_run=True,
-    )
+    records = Actor(remover=remover).apply(decide([task(1, "UNHEALTHY"), task(2, "HEALTHY")], dry_run=True))
     assert remover.calls == []
-    assert {r.outcome for r in records} == {Outcome.DRY_RUN}
+    assert {r.outcome for r in records.deregistrations} == {Outcome.DRY_RUN}
+    assert len(records.deregistrations) == 2
 
 
 @dataclass

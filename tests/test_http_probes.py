@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -15,9 +16,10 @@ import pytest
 from cloudmap_reactor import wiring
 from cloudmap_reactor.adapters.clients import cloudmap_client
 from cloudmap_reactor.adapters.http_probe import RequestsProber
-from cloudmap_reactor.core.health_scan import HealthScanner
+from cloudmap_reactor.core.http_checks import HttpChecks
 from cloudmap_reactor.core.probing import ProbeResult, ProbeTarget, ProbeVerdict, parse_status_codes
 from cloudmap_reactor.handlers import health_poller
+from cloudmap_reactor.poller.scanner import HealthPassResult, HealthScanner
 from devtools.aws_emulator import FleetBuilder, SeededService
 from devtools.http_targets import Behaviour, LocalHttpTargets, TargetServer, local_http_targets
 from devtools.local_lambda import FakeLambdaContext
@@ -46,9 +48,18 @@ def probing(env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return env
 
 
-def scanner() -> HealthScanner:
+@dataclass
+class Passes:
     """A scanner as one poller invocation builds it, so passes can be run one at a time."""
-    return wiring.poller_deps().new_scanner()
+
+    scanner: HealthScanner
+
+    def run_pass(self) -> HealthPassResult:
+        return self.scanner.run_pass(deadline=time.monotonic() + 60)
+
+
+def scanner() -> Passes:
+    return Passes(wiring.poller_deps().new_scanner())
 
 
 def ids(*arns: str) -> set[str]:
@@ -144,7 +155,7 @@ def test_fail_open_holds_when_every_instance_fails(
 
     assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns)
     assert [len(r.fail_open) for r in results] == [0, 0, 1, 1]
-    assert results[2].fail_open[0].plan.unhealthy == 4
+    assert (results[2].fail_open[0].failing, results[2].fail_open[0].healthy_registered) == (4, 0)
     assert all(r.deregistrations == [] for r in results)
 
 
@@ -423,7 +434,7 @@ def test_when_a_pass_cannot_probe_everything_failing_instances_go_first_and_none
     failing = ids(service.task_arns[7]).pop()
     deps = wiring.poller_deps()
     prober = FirstFewProber(capacity=4, failing=failing)
-    scan = HealthScanner(fleet=deps.fleet, registry=deps.remover, cluster_arns=(), dry_run=False, prober=prober)
+    scan = Passes(HealthScanner(reader=deps.reader, policy=deps.policy, actor=deps.actor, http=HttpChecks(prober)))
 
     results = [scan.run_pass() for _ in range(5)]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloudmap_reactor.core.model import HTTP_CHECK_CODES_TAG, HTTP_CHECK_TAG, EcsService, TaskSnapshot
+from cloudmap_reactor.core.model import HTTP_CHECK_CODES_TAG, HTTP_CHECK_TAG, EcsService
 from cloudmap_reactor.core.probing import (
     FailureCounter,
     HttpCheck,
@@ -18,7 +18,6 @@ from cloudmap_reactor.core.probing import (
     parse_status_codes,
     probe_target,
 )
-from cloudmap_reactor.core.safety import plan_unhealthy_removals
 
 CLUSTER = "arn:aws:ecs:us-east-1:123456789012:cluster/prod"
 DEFAULT = StatusCodes(((200, 399),))
@@ -112,8 +111,12 @@ def result(instance: str, verdict: ProbeVerdict, sid: str = "srv-a") -> ProbeRes
     return ProbeResult(ProbeTarget(sid, instance, f"http://10.0.0.1/{instance}", DEFAULT), verdict)
 
 
+def over(counter: FailureCounter, threshold: int) -> set[tuple[str, str]]:
+    return {key for key, n in counter.counts().items() if n >= threshold}
+
+
 def test_failures_count_in_a_row_and_one_success_resets() -> None:
-    counter = FailureCounter(threshold=3)
+    counter = FailureCounter()
     failed, healthy, skipped = ProbeVerdict.FAILED, ProbeVerdict.HEALTHY, ProbeVerdict.SKIPPED
     keys = [("srv-a", "a"), ("srv-a", "b")]
     passes = [
@@ -125,13 +128,13 @@ def test_failures_count_in_a_row_and_one_success_resets() -> None:
     seen = []
     for results in passes:
         counter.record(results, still_probed=keys)
-        seen.append((counter.failures(keys[0]), counter.failures(keys[1]), counter.over_threshold()))
+        seen.append((counter.failures(keys[0]), counter.failures(keys[1]), over(counter, 3)))
     assert seen == [(1, 1, set()), (2, 0, set()), (2, 1, set()), (3, 2, {("srv-a", "a")})]
 
 
 def test_failing_and_least_recently_probed_instances_are_probed_first() -> None:
     """When a pass cannot probe everything, the instances closest to the threshold go first, then the oldest."""
-    counter = FailureCounter(threshold=3)
+    counter = FailureCounter()
     keys = [("srv-a", name) for name in "abcd"]
     counter.record(
         [
@@ -148,37 +151,8 @@ def test_failing_and_least_recently_probed_instances_are_probed_first() -> None:
 
 
 def test_an_instance_no_longer_probed_is_forgotten() -> None:
-    counter = FailureCounter(threshold=2)
+    counter = FailureCounter()
     counter.record([result("a", ProbeVerdict.FAILED)], still_probed=[("srv-a", "a")])
     counter.record([], still_probed=[])  # its task left, or it was deregistered
     counter.record([result("a", ProbeVerdict.FAILED)], still_probed=[("srv-a", "a")])
-    assert counter.over_threshold() == set()
-
-
-def running(n: int, health: str = "UNKNOWN") -> TaskSnapshot:
-    return TaskSnapshot(CLUSTER, f"arn:aws:ecs:us-east-1:123456789012:task/prod/{n:032x}", "service:orders",
-                        "RUNNING", "RUNNING", health)  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("ecs_unhealthy", "probe_failing", "removed", "fail_open"),
-    [
-        ([], [0], [0], False),  # 3 of 4 stay
-        ([], [0, 1], [0, 1], False),  # exactly 50 %
-        ([], [0, 1, 2], [], True),
-        ([0], [1, 2], [], True),  # ECS health and probes count together
-        ([0], [0], [0], False),  # both at once: one task
-    ],
-)
-def test_fail_open_applies_to_probe_failures_as_to_ecs_health(
-    ecs_unhealthy: list[int], probe_failing: list[int], removed: list[int], fail_open: bool
-) -> None:
-    tasks = [running(n, "UNHEALTHY" if n in ecs_unhealthy else "UNKNOWN") for n in range(4)]
-    plan = plan_unhealthy_removals(
-        tasks,
-        already_removed=set(),
-        min_healthy_percent=50,
-        failing_probes={tasks[n].task_arn for n in probe_failing},
-    )
-    assert [t.task_arn for t in plan.remove] == [tasks[n].task_arn for n in removed]
-    assert plan.fail_open is fail_open
+    assert over(counter, 2) == set()

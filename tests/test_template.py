@@ -26,7 +26,7 @@ from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 from samtranslator.yaml_helper import yaml_parse
 
-from cloudmap_reactor.config import Settings
+from cloudmap_reactor.config import Policy
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
@@ -267,7 +267,7 @@ def test_cluster_arns_pattern(value: str, accepted: bool) -> None:
     assert (re.fullmatch(pattern, value) is not None) is accepted
     if accepted:
         # Whatever CloudFormation lets through, the functions accept at cold start.
-        assert Settings.from_env({"CLUSTER_ARNS": value}).cluster_arns == tuple(filter(None, value.split(",")))
+        assert Policy.from_env({"CLUSTER_ARNS": value}).cluster_arns == tuple(filter(None, value.split(",")))
 
 
 def test_functions_share_one_makefile_built_package() -> None:
@@ -328,7 +328,7 @@ def test_environment(stack: Stack) -> None:
     assert poller_env["REDEPLOY_STALE_CLIENTS"] == poller_env["STALE_CHECK_ALL_ENDPOINTS"] == "false"
     assert reactor_env["TAG_SCOPE"] == poller_env["TAG_SCOPE"] == "opt-out"
     # Whatever the template passes, the poller accepts at cold start and polls for 50 s of 60.
-    settings = Settings.from_env({k: str(v) for k, v in poller_env.items()})
+    settings = Policy.from_env({k: str(v) for k, v in poller_env.items()})
     assert settings.poll_schedule_seconds == 60
     assert settings.poll_window_seconds is None
 
@@ -398,7 +398,7 @@ def test_with_subnets_and_groups_the_poller_runs_in_the_vpc_and_probes() -> None
     assert poller["Environment"]["Variables"]["HTTP_PROBES"] == "true"
     assert VPC_POLICY in role_of(stack, POLLER)["ManagedPolicyArns"]  # to create its network interfaces
     assert "VpcConfig" not in stack.properties(REACTOR)
-    settings = Settings.from_env({k: str(v) for k, v in poller["Environment"]["Variables"].items()})
+    settings = Policy.from_env({k: str(v) for k, v in poller["Environment"]["Variables"].items()})
     assert settings.http_probes
 
 

@@ -19,19 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cloudmap_reactor import review
 from cloudmap_reactor.adapters.clients import CLIENT_CONFIG
-from cloudmap_reactor.adapters.cloudmap import CloudMapDeregistrar
 from cloudmap_reactor.adapters.ecs import EcsReader
-from cloudmap_reactor.core.diagnosis import Diagnosis, ServiceDiagnosis, diagnose_cluster
-from cloudmap_reactor.core.health_scan import HealthScanner
+from cloudmap_reactor.config import ConfigError, Policy
+from cloudmap_reactor.core.diagnosis import ServiceDiagnosis
 from cloudmap_reactor.core.model import TagScope
 from cloudmap_reactor.core.ports import AwsCallFailed
+from cloudmap_reactor.poller.reading import PassReader
 
 READ_OPERATIONS = ("Describe", "List", "Get")
 
@@ -46,12 +47,27 @@ def refuse_mutations(model: Any, **_: Any) -> None:
         raise MutationRefused(f"{model.service_model.service_name}:{model.name} is not a read operation")
 
 
-def read_only_clients(profile: str | None, region: str | None) -> tuple[Any, Any]:
+def read_only_clients(profile: str | None, region: str | None) -> tuple[Any, Any, Any]:
+    """ECS, Cloud Map and CloudFormation clients that can only read."""
     session = boto3.Session(profile_name=profile, region_name=region)
-    clients = session.client("ecs", config=CLIENT_CONFIG), session.client("servicediscovery", config=CLIENT_CONFIG)
-    for client in clients:
+    ecs: Any = session.client("ecs", config=CLIENT_CONFIG)
+    cloudmap: Any = session.client("servicediscovery", config=CLIENT_CONFIG)
+    cloudformation: Any = session.client("cloudformation", config=CLIENT_CONFIG)
+    for client in (ecs, cloudmap, cloudformation):
         client.meta.events.register_first("before-call", refuse_mutations)
-    return clients
+    return ecs, cloudmap, cloudformation
+
+
+def policy_of(args: argparse.Namespace, cloudformation: Any) -> Policy:
+    """The deployed stack's policy (``--stack``), or the defaults with the command line's overrides."""
+    if args.stack:
+        stack = cloudformation.describe_stacks(StackName=args.stack)["Stacks"][0]
+        parameters = {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters", [])}
+        return Policy.from_stack_parameters(parameters)
+    overrides = {"TAG_SCOPE": args.tag_scope or "", "STALE_CHECK_ALL_ENDPOINTS": str(args.all_endpoints).lower()}
+    if args.min_healthy_percent is not None:
+        overrides["MIN_HEALTHY_PERCENT"] = args.min_healthy_percent
+    return Policy.from_env(overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,44 +77,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", help="AWS profile (default: the usual credential chain)")
     parser.add_argument("--region", help="AWS region (default: the profile's or AWS_REGION)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--min-healthy-percent", type=float, default=50.0)
-    parser.add_argument("--tag-scope", choices=[s.value for s in TagScope], default=TagScope.OPT_OUT.value)
+    parser.add_argument("--stack", help="judge with this deployed stack's parameters (CloudFormation stack name)")
+    parser.add_argument("--min-healthy-percent", help="fail-open guard (default: the policy's, 50)")
+    parser.add_argument("--tag-scope", choices=[s.value for s in TagScope], help="default: the policy's, opt-out")
     parser.add_argument("--all-endpoints", action="store_true", help="start order: every endpoint is a dependency")
     args = parser.parse_args(argv)
     try:
-        ecs, cloudmap = read_only_clients(args.profile, args.region)
-        fleet, registry = EcsReader(ecs), CloudMapDeregistrar(cloudmap)
-        clusters = args.cluster or fleet.list_cluster_arns()
+        ecs, cloudmap, cloudformation = read_only_clients(args.profile, args.region)
+        policy = policy_of(args, cloudformation)
+        clusters = args.cluster or list(policy.cluster_arns) or EcsReader(ecs).list_cluster_arns()
+        policy = replace(policy, cluster_arns=tuple(clusters))
+        reader = review.reader_for(ecs, cloudmap, policy)
         if args.command == "doctor":
-            return _doctor(args, fleet, registry, clusters)
-        return _plan(args, fleet, registry, clusters)
-    except (AwsCallFailed, ClientError, BotoCoreError, MutationRefused) as exc:
+            return _doctor(args, reader, policy, clusters)
+        return _plan(args, reader, policy)
+    except (AwsCallFailed, ClientError, BotoCoreError, MutationRefused, ConfigError) as exc:
         print(f"cloudmap-reactor {args.command}: {exc}", file=sys.stderr)
         return 2
 
 
-def _doctor(args: argparse.Namespace, fleet: EcsReader, registry: CloudMapDeregistrar, clusters: list[str]) -> int:
-    diagnosis = Diagnosis()
-    cache: dict[str, Any] = {}
-    for index, cluster in enumerate(clusters, start=1):
+def _doctor(args: argparse.Namespace, reader: PassReader, policy: Policy, clusters: list[str]) -> int:
+    for index, cluster in enumerate(clusters, start=1):  # read concurrently; progress goes to stderr
         print(f"[{index}/{len(clusters)}] scanning {cluster} …", file=sys.stderr, flush=True)
-        diagnosis.services.extend(
-            diagnose_cluster(
-                cluster,
-                fleet=fleet,
-                registry=registry,
-                scope=TagScope(args.tag_scope),
-                min_healthy_percent=args.min_healthy_percent,
-                every_endpoint=args.all_endpoints,
-                created_cache=cache,
-            )
-        )
+    report = review.doctor(reader, policy, clusters)
+    diagnosis = report.diagnosis
+    skipped = [{"cluster": s.cluster_arn, "reason": s.reason, "error": s.error} for s in report.skipped]
     if args.json:
-        report = [{**asdict(s), "needs_attention": s.needs_attention} for s in diagnosis.services]
-        print(json.dumps({"needs_attention": diagnosis.needs_attention, "services": report}, indent=2))
+        services = [{**asdict(s), "needs_attention": s.needs_attention} for s in diagnosis.services]
+        attention = diagnosis.needs_attention or bool(skipped)
+        print(
+            json.dumps({"needs_attention": attention, "services": services, "clusters_not_scanned": skipped}, indent=2)
+        )
     else:
         print(_doctor_table(diagnosis.services))
-    return 1 if diagnosis.needs_attention else 0
+        for s in skipped:
+            print(f"could not read {s['cluster']} ({s['reason']}): {s['error']}")
+    return 1 if diagnosis.needs_attention or skipped else 0
 
 
 def _doctor_table(services: list[ServiceDiagnosis]) -> str:
@@ -159,47 +173,30 @@ def _doctor_table(services: list[ServiceDiagnosis]) -> str:
     return "\n".join([*lines, *(["", *details] if details else [])])
 
 
-def _plan(args: argparse.Namespace, fleet: EcsReader, registry: CloudMapDeregistrar, clusters: list[str]) -> int:
-    scanner = HealthScanner(
-        fleet=fleet,
-        registry=registry,
-        cluster_arns=clusters,
-        dry_run=True,
-        scope=TagScope(args.tag_scope),
-        min_healthy_percent=args.min_healthy_percent,
-        reconcile_every=1,
-        every_endpoint=args.all_endpoints,
-    )
-    result = scanner.run_pass()
-    plan: dict[str, list[Any]] = {
-        "deregister": [
-            {
-                "cluster": d.cluster_arn,
-                "service": d.service_name,
-                "instance_id": d.instance_id,
-                "cloudmap_service_id": d.cloudmap_service_id,
-                "reason": d.reason.value,
-            }
-            for d in result.deregistrations
-        ],
-        "fail_open": [f.service.service_name for f in result.fail_open],
-        "orphan_instances": [o.instance_id for o in result.orphans],
-        "stale_clients": [s.service.service_name for s in result.stale_clients],
-        "clusters_not_scanned": [f.cluster_arn for f in result.cluster_failures],
-    }
+def _plan(args: argparse.Namespace, reader: PassReader, policy: Policy) -> int:
+    result = review.plan(reader, policy)
+    plan = review.plan_report(result)
     if args.json:
         print(json.dumps(plan, indent=2))
     else:
         for d in plan["deregister"]:
             print(f"would deregister {d['instance_id']} from {d['cloudmap_service_id']} "
-                  f"({d['service']}, {d['reason']})")  # fmt: skip
-        for name in plan["fail_open"]:
-            print(f"would keep {name}'s UNHEALTHY tasks: fail-open (too few would stay healthy)")
+                  f"({d['service']}, {d['reason']}, rule {d['rule']})")  # fmt: skip
+        for name in plan["redeploy"]:
+            print(f"would force a new deployment of {name} (start order)")
+        for held in plan["fail_open"]:
+            services, sid = ", ".join(held["services"]), held["cloudmap_service_id"]
+            print(f"would keep {services}'s unhealthy tasks in {sid}: fail-open "
+                  f"({held['healthy_registered']} healthy registered, {held['required']} required)")  # fmt: skip
         for instance in plan["orphan_instances"]:
             print(f"would leave {instance}: it matches no task ECS knows (counted as an orphan)")
+        for name in plan["stale_clients"]:
+            print(f"stale Service Connect client: {name} (tasks started before an endpoint they depend on)")
+        for skipped in plan["clusters_not_scanned"]:
+            print(f"could not read {skipped['cluster']} ({skipped['reason']}): {skipped['error']}")
         if not any(plan.values()):
             print("nothing to do")
-    return 2 if result.cluster_failures else 0
+    return 2 if result.skipped_clusters else 0
 
 
 if __name__ == "__main__":

@@ -1,132 +1,141 @@
-"""Settings from environment variables, parsed and validated once per container."""
+"""The policy: every setting of both functions, parsed and bounded once per container.
+
+``Policy``'s field defaults are the only place defaults live. Each field says which environment
+variable sets it, which template parameter feeds that variable, and its range, so the functions
+(``Policy.from_env``), the CLI (``Policy.from_stack_parameters``: what a deployed stack does) and
+a test of template.yaml's defaults all read the same table. Untrusted text is parsed strictly:
+ASCII digits only (``²`` is a digit to ``str.isdigit``), no exponents, every range enforced, and
+an error that names each bad variable with its value and its range.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from cloudmap_reactor.core.model import TagScope
 
 CLUSTER_ARN_PATTERN = re.compile(
-    r"^arn:aws(?:-[a-z]+)*:ecs:[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}:[0-9]{12}:cluster/[A-Za-z0-9_-]{1,255}$"
+    r"^arn:aws(?:-[a-z]+)*:ecs:([a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}):([0-9]{12}):cluster/[A-Za-z0-9_-]{1,255}$"
 )
+_NUMBER = re.compile(r"^[0-9]{1,6}(?:\.[0-9]{1,6})?$")  # ASCII only; no sign, exponent, inf or nan
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
-_LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_RATE = re.compile(r"^rate\(([1-9][0-9]{0,4}) (minute|minutes|hour|hours|day|days)\)$")
+_CRON = re.compile(r"^cron\([^()]{9,200}\)$")
+_UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 
 
 class ConfigError(ValueError):
     """The environment does not describe a valid configuration; the message lists every problem."""
 
 
+def _setting(
+    default: Any,
+    env: str,
+    parameter: str | None = None,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    integer: bool = False,
+    zero_or_at_least: float | None = None,
+) -> Any:
+    """A policy field: its default, where it is set, and its range (numbers)."""
+    meta = {"env": env, "parameter": parameter, "low": low, "high": high, "integer": integer, "zero": zero_or_at_least}
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything the functions read from their environment.
+class Policy:
+    """Everything the functions read from their environment (the only home of defaults)."""
 
-    ``cluster_arns`` empty means every cluster of the account and region.
-    """
-
-    cluster_arns: tuple[str, ...] = ()
-    dry_run: bool = False
-    log_level: str = "INFO"
-    service_cache_ttl_seconds: float = 30.0
-    # Health poller
-    poll_interval_seconds: float = 10.0
-    poll_window_seconds: float | None = None  # None: sized from the schedule and the remaining time
-    poll_schedule_seconds: float | None = None  # period of a rate(...) POLL_SCHEDULE; None for cron(...)
-    service_refresh_passes: int = 6
-    ecs_reads_per_second: float = 10.0  # 0: no budget
-    scan_concurrency: int = 8
-    # Safety
-    tag_scope: TagScope = TagScope.OPT_OUT
-    min_healthy_percent: float = 50.0
-    reconcile_every_passes: int = 6  # 0: never
-    # Start order
-    redeploy_stale_clients: bool = False
-    stale_check_every_endpoint: bool = False
+    cluster_arns: tuple[str, ...] = _setting((), "CLUSTER_ARNS", "ClusterArns")  # empty: every cluster
+    dry_run: bool = _setting(False, "DRY_RUN", "DryRun")
+    log_level: str = _setting("INFO", "LOG_LEVEL", "LogLevel")
+    tag_scope: TagScope = _setting(TagScope.OPT_OUT, "TAG_SCOPE", "TagScope")  # noqa: RUF009 (an immutable enum)
+    # Reactor
+    service_cache_ttl_seconds: float = _setting(
+        30.0, "SERVICE_CACHE_TTL_SECONDS", "ServiceCacheTtlSeconds", low=0, high=3600
+    )
+    # Health poller: passes every interval for a window (None: sized from the schedule)
+    poll_schedule: str = _setting("rate(1 minute)", "POLL_SCHEDULE", "PollSchedule")
+    poll_interval_seconds: float = _setting(10.0, "POLL_INTERVAL_SECONDS", "PollIntervalSeconds", low=1, high=300)
+    poll_window_seconds: float | None = _setting(None, "POLL_WINDOW_SECONDS", "PollWindowSeconds", low=0, high=900)
+    service_refresh_passes: int = _setting(6, "SERVICE_REFRESH_PASSES", low=1, high=10_000, integer=True)
+    ecs_reads_per_second: float = _setting(
+        10.0, "ECS_READS_PER_SECOND", "EcsReadsPerSecond", low=0, high=1000, zero_or_at_least=0.5
+    )
+    scan_concurrency: int = _setting(8, "SCAN_CONCURRENCY", low=1, high=64, integer=True)
+    # Who may leave, and when
+    min_healthy_percent: float = _setting(50.0, "MIN_HEALTHY_PERCENT", "MinHealthyPercent", low=0, high=100)
+    reconcile_every_passes: int = _setting(
+        6, "RECONCILE_EVERY_PASSES", "ReconcileEveryPasses", low=0, high=10_000, integer=True
+    )
+    redeploy_stale_clients: bool = _setting(False, "REDEPLOY_STALE_CLIENTS", "RedeployStaleClients")
+    stale_check_every_endpoint: bool = _setting(False, "STALE_CHECK_ALL_ENDPOINTS", "StaleCheckAllEndpoints")
     # HTTP probes: on only when the poller can reach the tasks (the template sets HTTP_PROBES
     # when it places the function in a VPC).
-    http_probes: bool = False
-    probe_connect_timeout_seconds: float = 1.0
-    probe_read_timeout_seconds: float = 2.0
-    probe_failure_threshold: int = 3
-    probe_concurrency: int = 32
+    http_probes: bool = _setting(False, "HTTP_PROBES")
+    probe_connect_timeout_seconds: float = _setting(
+        1.0, "PROBE_CONNECT_TIMEOUT_SECONDS", "ProbeConnectTimeoutSeconds", low=0.1, high=5
+    )
+    probe_read_timeout_seconds: float = _setting(
+        2.0, "PROBE_READ_TIMEOUT_SECONDS", "ProbeReadTimeoutSeconds", low=0.1, high=10
+    )
+    probe_failure_threshold: int = _setting(
+        3, "PROBE_FAILURE_THRESHOLD", "ProbeFailureThreshold", low=1, high=10, integer=True
+    )
+    probe_concurrency: int = _setting(32, "PROBE_CONCURRENCY", "ProbeConcurrency", low=1, high=128, integer=True)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Policy:
         """Parse ``env`` (default: ``os.environ``); raise ``ConfigError`` naming every bad variable."""
         env = os.environ if env is None else env
         problems: list[str] = []
-
-        cluster_arns = _parse_cluster_arns(env.get("CLUSTER_ARNS", ""), problems)
-        dry_run = _parse_bool("DRY_RUN", env.get("DRY_RUN", "false"), problems)
-
-        log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
-        if log_level not in _LOG_LEVELS:
-            problems.append(f"LOG_LEVEL={log_level!r} is not one of {sorted(_LOG_LEVELS)}")
-
-        number = _NumberParser(env, problems)
-        ttl = number("SERVICE_CACHE_TTL_SECONDS", default=30, low=0, high=3600)
-        interval = number("POLL_INTERVAL_SECONDS", default=10, low=1, high=300)
-        window_text = env.get("POLL_WINDOW_SECONDS", "").strip().lower()
-        window = None if window_text in ("", "auto") else number("POLL_WINDOW_SECONDS", default=0, low=0, high=900)
-        refresh = int(number("SERVICE_REFRESH_PASSES", default=6, low=1, high=10_000, integer=True))
-        budget = number("ECS_READS_PER_SECOND", default=10, low=0, high=1000)
-        concurrency = int(number("SCAN_CONCURRENCY", default=8, low=1, high=64, integer=True))
-        redeploy = _parse_bool("REDEPLOY_STALE_CLIENTS", env.get("REDEPLOY_STALE_CLIENTS", "false"), problems)
-        every_endpoint = _parse_bool(
-            "STALE_CHECK_ALL_ENDPOINTS", env.get("STALE_CHECK_ALL_ENDPOINTS", "false"), problems
-        )
-        http_probes = _parse_bool("HTTP_PROBES", env.get("HTTP_PROBES", "false"), problems)
-        connect_timeout = number("PROBE_CONNECT_TIMEOUT_SECONDS", default=1, low=0.1, high=5)
-        read_timeout = number("PROBE_READ_TIMEOUT_SECONDS", default=2, low=0.1, high=10)
-        threshold = int(number("PROBE_FAILURE_THRESHOLD", default=3, low=1, high=10, integer=True))
-        probe_concurrency = int(number("PROBE_CONCURRENCY", default=32, low=1, high=128, integer=True))
-        min_healthy = number("MIN_HEALTHY_PERCENT", default=50, low=0, high=100)
-        reconcile = int(number("RECONCILE_EVERY_PASSES", default=6, low=0, high=10_000, integer=True))
-        scope_text = env.get("TAG_SCOPE", "").strip().lower() or TagScope.OPT_OUT.value
-        if scope_text not in {s.value for s in TagScope}:
-            problems.append(f"TAG_SCOPE={scope_text!r} must be one of {[s.value for s in TagScope]}")
-            scope_text = TagScope.OPT_OUT.value
-        schedule = env.get("POLL_SCHEDULE", "").strip()
-        schedule_seconds = schedule_period_seconds(schedule)
-        if schedule and schedule_seconds is None and not schedule.startswith("cron("):
-            problems.append(f"POLL_SCHEDULE={schedule!r} is neither rate(<n> <unit>) nor cron(...)")
-
+        values = {f.name: _parse(f, env.get(f.metadata["env"]), problems) for f in fields(cls)}
+        region = env.get("AWS_REGION", "").strip()
+        for arn in values["cluster_arns"]:
+            match = CLUSTER_ARN_PATTERN.fullmatch(arn)
+            if match and region and match.group(1) != region:
+                problems.append(f"CLUSTER_ARNS entry {arn!r} is in {match.group(1)}, not in this region ({region})")
+        if len({m.group(2) for arn in values["cluster_arns"] if (m := CLUSTER_ARN_PATTERN.fullmatch(arn))}) > 1:
+            problems.append("CLUSTER_ARNS names clusters of more than one account")
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
-        return cls(
-            cluster_arns=cluster_arns,
-            dry_run=dry_run,
-            log_level=log_level,
-            service_cache_ttl_seconds=ttl,
-            poll_interval_seconds=interval,
-            poll_window_seconds=window,
-            poll_schedule_seconds=schedule_seconds,
-            service_refresh_passes=refresh,
-            ecs_reads_per_second=budget,
-            scan_concurrency=concurrency,
-            tag_scope=TagScope(scope_text),
-            min_healthy_percent=min_healthy,
-            reconcile_every_passes=reconcile,
-            redeploy_stale_clients=redeploy,
-            stale_check_every_endpoint=every_endpoint,
-            http_probes=http_probes,
-            probe_connect_timeout_seconds=connect_timeout,
-            probe_read_timeout_seconds=read_timeout,
-            probe_failure_threshold=threshold,
-            probe_concurrency=probe_concurrency,
-        )
+        return cls(**values)
+
+    @classmethod
+    def from_stack_parameters(cls, parameters: Mapping[str, str], env: Mapping[str, str] | None = None) -> Policy:
+        """The policy a deployed stack runs with, from its CloudFormation parameters (the CLI's ``--stack``)."""
+        variables = dict(env or {})
+        for f in fields(cls):
+            if f.metadata["parameter"] in parameters:
+                variables[f.metadata["env"]] = parameters[f.metadata["parameter"]]
+        return cls.from_env(variables)
+
+    @property
+    def poll_schedule_seconds(self) -> float | None:
+        """Period of a ``rate(...)`` schedule; None for ``cron(...)``."""
+        return schedule_period_seconds(self.poll_schedule)
 
     def in_scope(self, cluster_arn: str) -> bool:
         """True when the cluster is one this deployment looks after."""
         return not self.cluster_arns or cluster_arn in self.cluster_arns
 
+    @staticmethod
+    def environment_of(name: str) -> tuple[str, str | None]:
+        """(environment variable, template parameter) of a field: the template test reads this."""
+        spec = next(f for f in fields(Policy) if f.name == name)
+        return spec.metadata["env"], spec.metadata["parameter"]
 
-_RATE = re.compile(r"^rate\(([0-9]+) (minute|minutes|hour|hours|day|days)\)$")
-_UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+
+def defaults_by_parameter() -> dict[str, Any]:
+    """Template parameter -> the policy's default for it (what template.yaml's defaults must equal)."""
+    return {f.metadata["parameter"]: f.default for f in fields(Policy) if f.metadata["parameter"]}
 
 
 def schedule_period_seconds(expression: str) -> float | None:
@@ -137,22 +146,50 @@ def schedule_period_seconds(expression: str) -> float | None:
     return float(int(match.group(1)) * _UNIT_SECONDS[match.group(2).rstrip("s")])
 
 
-@dataclass
-class _NumberParser:
-    env: Mapping[str, str]
-    problems: list[str]
+def _parse(spec: Any, raw: str | None, problems: list[str]) -> Any:
+    """One field from its variable's text (None or blank: the default)."""
+    text = (raw or "").strip()
+    special = _PARSERS.get(spec.name)
+    if special is not None:
+        return special(text, problems)
+    if spec.name == "poll_window_seconds" and text.lower() in ("", "auto"):
+        return None
+    if isinstance(spec.default, bool):
+        return _parse_bool(spec.metadata["env"], text, spec.default, problems)
+    return _parse_number(spec, text, problems)
 
-    def __call__(self, name: str, *, default: float, low: float, high: float, integer: bool = False) -> float:
-        text = self.env.get(name, "").strip() or str(default)
-        try:
-            value = float(text)
-            if not low <= value <= high or (integer and not value.is_integer()):
-                raise ValueError
-        except ValueError:
-            kind = "a whole number" if integer else "a number"
-            self.problems.append(f"{name}={text!r} must be {kind} from {low:g} to {high:g}")
-            return float(default)
-        return value
+
+def _parse_log_level(text: str, problems: list[str]) -> str:
+    level = text.upper() or "INFO"
+    if level in LOG_LEVELS:
+        return level
+    problems.append(f"LOG_LEVEL={level!r} is not one of {list(LOG_LEVELS)}")
+    return "INFO"
+
+
+def _parse_tag_scope(text: str, problems: list[str]) -> TagScope:
+    scope = text.lower() or TagScope.OPT_OUT.value
+    if scope in {s.value for s in TagScope}:
+        return TagScope(scope)
+    problems.append(f"TAG_SCOPE={scope!r} must be one of {[s.value for s in TagScope]}")
+    return TagScope.OPT_OUT
+
+
+def _parse_number(spec: Any, text: str, problems: list[str]) -> float | int | None:
+    meta = spec.metadata
+    if not text:
+        return spec.default  # type: ignore[no-any-return]
+    low, high, integer, zero = meta["low"], meta["high"], meta["integer"], meta["zero"]
+    value = float(text) if _NUMBER.fullmatch(text) else None
+    fits = value is not None and low <= value <= high and (not integer or value.is_integer())
+    if fits and zero is not None and value != 0 and value is not None and value < zero:
+        fits = False
+    if not fits or value is None:
+        kind = "a whole number" if integer else "a number"
+        extra = f" (0 turns it off; otherwise at least {zero:g})" if zero is not None else ""
+        problems.append(f"{meta['env']}={text!r} must be {kind} from {low:g} to {high:g}{extra}")
+        return spec.default  # type: ignore[no-any-return]
+    return int(value) if integer else value
 
 
 def _parse_cluster_arns(raw: str, problems: list[str]) -> tuple[str, ...]:
@@ -168,10 +205,30 @@ def _parse_cluster_arns(raw: str, problems: list[str]) -> tuple[str, ...]:
     return tuple(arns)
 
 
-def _parse_bool(name: str, raw: str, problems: list[str]) -> bool:
+def _parse_schedule(text: str, problems: list[str]) -> str:
+    text = text or "rate(1 minute)"
+    if _RATE.fullmatch(text) or _CRON.fullmatch(text):
+        return text
+    problems.append(
+        f"POLL_SCHEDULE={text!r} must be rate(<n> minute(s)|hour(s)|day(s)) with n from 1 to 99999, or cron(...)"
+    )
+    return "rate(1 minute)"
+
+
+def _parse_bool(name: str, raw: str, default: bool, problems: list[str]) -> bool:
     value = raw.strip().lower()
+    if not value:
+        return default
     if value in _TRUE:
         return True
     if value not in _FALSE:
         problems.append(f"{name}={raw!r} must be true or false")
     return False
+
+
+_PARSERS: dict[str, Callable[[str, list[str]], Any]] = {
+    "cluster_arns": _parse_cluster_arns,
+    "poll_schedule": _parse_schedule,
+    "log_level": _parse_log_level,
+    "tag_scope": _parse_tag_scope,
+}

@@ -34,6 +34,7 @@ class MetricName(StrEnum):
     CLIENTS_REDEPLOYED = "ClientsRedeployed"
     PROBE_FAILURES = "ProbeFailures"
     PROBE_DURATION = "ProbeDuration"
+    CLUSTER_SKIPPED = "ClusterSkipped"
 
 
 def count(name: MetricName, value: float = 1) -> None:

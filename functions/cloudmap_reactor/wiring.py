@@ -1,7 +1,8 @@
-"""Build each function's collaborators once per container (on the first invocation).
+"""Build each function's collaborators once per container (on the first use).
 
-Settings are validated here, so a bad environment fails the first invocation with a clear
-message instead of failing at import. Tests call ``reset()`` to start from a clean container.
+The policy is validated when a handler module is imported, so a bad environment stops the
+function at its cold start with a message naming the variable; tests call ``reset()`` to start
+from a clean container (and a changed environment).
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client, reset
 from cloudmap_reactor.adapters.cloudmap import CloudMapDeregistrar
 from cloudmap_reactor.adapters.ecs import EcsReader, EcsServiceUpdater
 from cloudmap_reactor.adapters.rate_limit import TokenBucket
-from cloudmap_reactor.config import Settings
-from cloudmap_reactor.core.health_scan import HealthScanner
+from cloudmap_reactor.config import Policy
+from cloudmap_reactor.core.http_checks import HttpChecks
 from cloudmap_reactor.core.service_cache import CachedServiceLookup
 from cloudmap_reactor.observability import logger
+from cloudmap_reactor.poller.acting import Actor
+from cloudmap_reactor.poller.reading import PassReader
+from cloudmap_reactor.poller.scanner import HealthScanner
 
 if TYPE_CHECKING:
     from cloudmap_reactor.adapters.http_probe import RequestsProber
@@ -26,74 +30,66 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class ReactorDeps:
-    settings: Settings
+    policy: Policy
     services: CachedServiceLookup
-    remover: CloudMapDeregistrar
+    actor: Actor
 
 
 @dataclass(frozen=True, slots=True)
 class PollerDeps:
-    settings: Settings
-    fleet: EcsReader
-    remover: CloudMapDeregistrar
+    policy: Policy
+    reader: PassReader
+    actor: Actor
     ecs_budget: TokenBucket
-    updater: EcsServiceUpdater
     prober: RequestsProber | None  # None: HTTP probes are off
 
     def new_scanner(self) -> HealthScanner:
-        """A scanner for one invocation: what it learns about services lasts that long."""
-        return HealthScanner(
-            fleet=self.fleet,
-            registry=self.remover,
-            cluster_arns=self.settings.cluster_arns,
-            dry_run=self.settings.dry_run,
-            refresh_every=self.settings.service_refresh_passes,
-            concurrency=self.settings.scan_concurrency,
-            scope=self.settings.tag_scope,
-            min_healthy_percent=self.settings.min_healthy_percent,
-            reconcile_every=self.settings.reconcile_every_passes,
-            redeployer=self.updater,
-            redeploy_stale_clients=self.settings.redeploy_stale_clients,
-            every_endpoint=self.settings.stale_check_every_endpoint,
-            prober=self.prober,
-            probe_failure_threshold=self.settings.probe_failure_threshold,
-        )
+        """A scanner for one invocation: what it remembers lasts that long."""
+        http = HttpChecks(self.prober) if self.prober is not None else None
+        return HealthScanner(reader=self.reader, policy=self.policy, actor=self.actor, http=http)
 
 
 @cache
-def settings() -> Settings:
-    loaded = Settings.from_env()
+def policy() -> Policy:
+    loaded = Policy.from_env()
     logger.setLevel(loaded.log_level)
     return loaded
 
 
 @cache
 def reactor_deps() -> ReactorDeps:
-    config = settings()
+    config = policy()
     return ReactorDeps(
-        settings=config,
+        policy=config,
         services=CachedServiceLookup(EcsReader(ecs_client()), ttl_seconds=config.service_cache_ttl_seconds),
-        remover=CloudMapDeregistrar(cloudmap_client()),
+        actor=Actor(remover=CloudMapDeregistrar(cloudmap_client())),
     )
 
 
 @cache
 def poller_deps() -> PollerDeps:
-    config = settings()
+    config = policy()
     ecs = ecs_client()
     budget = TokenBucket(config.ecs_reads_per_second)
     budget.attach(ecs)
+    calls = ThreadPoolExecutor(max_workers=config.scan_concurrency, thread_name_prefix="aws-call")
+    registry = CloudMapDeregistrar(cloudmap_client())
     return PollerDeps(
-        settings=config,
-        fleet=EcsReader(ecs, executor=ThreadPoolExecutor(max_workers=config.scan_concurrency)),
-        remover=CloudMapDeregistrar(cloudmap_client()),
+        policy=config,
+        reader=PassReader(
+            fleet=EcsReader(ecs, executor=calls),
+            registry=registry,
+            policy=config,
+            clusters=ThreadPoolExecutor(max_workers=config.scan_concurrency, thread_name_prefix="cluster"),
+            calls=calls,
+        ),
+        actor=Actor(remover=registry, redeployer=EcsServiceUpdater(ecs)),
         ecs_budget=budget,
-        updater=EcsServiceUpdater(ecs),
         prober=_prober(config),
     )
 
 
-def _prober(config: Settings) -> RequestsProber | None:
+def _prober(config: Policy) -> RequestsProber | None:
     """The HTTP prober, or None (logged once per container) when the poller cannot reach tasks."""
     if not config.http_probes:
         logger.info(
@@ -112,10 +108,13 @@ def _prober(config: Settings) -> RequestsProber | None:
 
 
 def reset() -> None:
-    """Forget settings, caches and clients, as a new container would."""
-    if poller_deps.cache_info().currsize and (prober := poller_deps().prober) is not None:
-        prober.close()
-    settings.cache_clear()
+    """Forget the policy, caches, pools and clients, as a new container would."""
+    if poller_deps.cache_info().currsize:
+        deps = poller_deps()
+        if deps.prober is not None:
+            deps.prober.close()
+        deps.reader.close()
+    policy.cache_clear()
     reactor_deps.cache_clear()
     poller_deps.cache_clear()
     reset_clients()

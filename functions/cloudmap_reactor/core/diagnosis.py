@@ -1,24 +1,20 @@
-"""What `cloudmap-reactor doctor` finds in an account: Cloud Map and ECS side by side, per service.
+"""What `cloudmap-reactor doctor` shows per service: Cloud Map next to ECS, and what the poller would do.
 
-Read-only: it uses the same readers and decisions as the poller (fail-open plan, start-order
-check) but never the deregistration or deployment paths.
+Pure: it reads a ``ClusterSnapshot`` (listed with every Cloud Map service, in scope or not) and
+the ``Decision`` that ``core.decide`` made on it. Nothing here judges a task on its own: what is
+"stopping", "unhealthy" or "held by fail-open" comes from the decision, so ``doctor`` can never
+drift from what the poller does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 
-from cloudmap_reactor.core.model import EcsService, TagScope, TaskSnapshot
-from cloudmap_reactor.core.ports import CloudMapRegistry, FleetReader
+from cloudmap_reactor.config import Policy
+from cloudmap_reactor.core.decide import is_running
+from cloudmap_reactor.core.decisions import ClusterSnapshot, Decision, Deregister, Rule
+from cloudmap_reactor.core.model import EcsService
 from cloudmap_reactor.core.probing import InvalidHttpCheck, http_check_of
-from cloudmap_reactor.core.safety import (
-    is_leaving,
-    is_unhealthy_and_running,
-    looks_like_task_id,
-    plan_unhealthy_removals,
-)
-from cloudmap_reactor.core.start_order import created_dates, declared_dependencies, dependency_endpoints, find_stale
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +30,7 @@ class ServiceDiagnosis:
     tasks_without_instance: tuple[str, ...]  # running task ids registered in none of the service's Cloud Map services
     unhealthy_registered: tuple[str, ...]  # UNHEALTHY running tasks still registered: the poller's work
     unknown_health: int  # no container health check (or in start period): HTTP-probe candidates
-    fail_open: bool  # the guard would keep this service's UNHEALTHY tasks
+    fail_open: bool  # the guard holds this service's health removals
     stale_tasks: int = 0
     stale_endpoints: tuple[str, ...] = ()
     http_check: str | None = None  # "GET /healthz on the instance's port, 200-399"; None: not opted in
@@ -62,71 +58,22 @@ class Diagnosis:
         return any(s.needs_attention for s in self.services)
 
 
-def diagnose_cluster(
-    cluster_arn: str,
-    *,
-    fleet: FleetReader,
-    registry: CloudMapRegistry,
-    scope: TagScope = TagScope.OPT_OUT,
-    min_healthy_percent: float = 50.0,
-    every_endpoint: bool = False,
-    created_cache: dict[str, datetime] | None = None,
-) -> list[ServiceDiagnosis]:
+def diagnose_cluster(snapshot: ClusterSnapshot, decision: Decision, policy: Policy) -> list[ServiceDiagnosis]:
     """Every service of the cluster that is registered in Cloud Map or uses Service Connect."""
-    services = fleet.describe_services(cluster_arn, fleet.list_service_arns(cluster_arn))
-    relevant = [s for s in services if s.uses_cloudmap or s.service_connect]
-    if not relevant:
-        return []
-    tasks = fleet.describe_running_tasks(cluster_arn)
-    cache = {} if created_cache is None else created_cache
-    return [
-        _diagnose(
-            service,
-            [t for t in tasks if t.service_name == service.service_name],
-            services,
-            registry,
-            cache,
-            fleet=fleet,
-            scope=scope,
-            min_healthy_percent=min_healthy_percent,
-            every_endpoint=every_endpoint,
-        )
-        for service in sorted(relevant, key=lambda s: s.service_name)
-    ]
+    relevant = [s for s in snapshot.services.values() if s.uses_cloudmap or s.service_connect]
+    return [_diagnose(s, snapshot, decision, policy) for s in sorted(relevant, key=lambda s: s.service_name)]
 
 
-def _diagnose(
-    service: EcsService,
-    tasks: list[TaskSnapshot],
-    all_services: list[EcsService],
-    registry: CloudMapRegistry,
-    cache: dict[str, datetime],
-    *,
-    fleet: FleetReader,
-    scope: TagScope,
-    min_healthy_percent: float,
-    every_endpoint: bool,
-) -> ServiceDiagnosis:
-    running = [t for t in tasks if t.last_status == "RUNNING"]
-    running_ids = {t.task_id for t in running}
-    instances = {sid: set(registry.list_instances(sid)) for sid in sorted(service.cloudmap_service_ids)}
-    registered = set().union(*instances.values()) if instances else set()
-    missing = sorted(t.task_id for t in running if all(t.task_id not in ids for ids in instances.values()))
-    not_running = sorted(registered - running_ids)
-    candidates = [i for i in not_running if looks_like_task_id(i)]
-    known = {t.task_id: t for t in fleet.describe_tasks(service.cluster_arn, candidates)} if candidates else {}
-    stopping = tuple(i for i in not_running if i in known and is_leaving(known[i]))
-    unhealthy = sorted(t.task_id for t in running if is_unhealthy_and_running(t) and t.task_id in registered)
-    plan = plan_unhealthy_removals(tasks, already_removed=set(), min_healthy_percent=min_healthy_percent)
-    stale_tasks = 0
-    stale_endpoints: tuple[str, ...] = ()
-    if service.service_connect and (every_endpoint or declared_dependencies(service)):
-        endpoints = dependency_endpoints(service, all_services, every_endpoint=every_endpoint)
-        created = created_dates(endpoints, registry.service_created_at, cache) if endpoints else {}
-        found = find_stale(service, running, created)
-        if found:
-            stale_tasks = len(found.stale_tasks)
-            stale_endpoints = tuple(name for name, _ in found.newer_endpoints)
+def _diagnose(service: EcsService, snapshot: ClusterSnapshot, decision: Decision, policy: Policy) -> ServiceDiagnosis:
+    name = service.service_name
+    running = [t for t in snapshot.tasks if t.service_name == name and is_running(t)]
+    listed = {sid: set(snapshot.instances.get(sid, {})) for sid in sorted(service.cloudmap_service_ids)}
+    registered = set().union(*listed.values()) if listed else set()
+    removals = [a for a in decision.planned() if isinstance(a, Deregister) and a.service_name == name]
+    held = [h.action for h in decision.held if isinstance(h.action, Deregister) and h.action.service_name == name]
+    leaving = sorted({a.instance_id for a in removals if a.rule is Rule.RECONCILE})
+    unhealthy = sorted({a.instance_id for a in [*removals, *held] if a.rule is Rule.ECS_UNHEALTHY} & registered)
+    stale = next((s for s in decision.stale_clients if s.service.service_name == name), None)
     check, check_error = None, None
     try:
         if (parsed := http_check_of(service)) is not None:
@@ -136,19 +83,23 @@ def _diagnose(
         check_error = str(exc)
     return ServiceDiagnosis(
         cluster_arn=service.cluster_arn,
-        service_name=service.service_name,
-        in_scope=service.in_scope(scope),
+        service_name=name,
+        in_scope=service.in_scope(policy.tag_scope),
         discovery=service.discovery,
         running_tasks=len(running),
         registered_instances=len(registered),
-        unmatched_instances=tuple(i for i in not_running if i not in known),
-        stopping_registered=stopping,
-        tasks_without_instance=tuple(missing) if service.uses_cloudmap else (),
+        unmatched_instances=tuple(sorted({o.instance_id for o in decision.orphans if o.service_name == name})),
+        stopping_registered=tuple(leaving),
+        tasks_without_instance=tuple(
+            sorted(t.task_id for t in running if all(t.task_id not in ids for ids in listed.values()))
+        )
+        if service.uses_cloudmap
+        else (),
         unhealthy_registered=tuple(unhealthy),
         unknown_health=sum(1 for t in running if t.health_status == "UNKNOWN"),
-        fail_open=plan.fail_open and service.uses_cloudmap,
-        stale_tasks=stale_tasks,
-        stale_endpoints=stale_endpoints,
+        fail_open=any(name in v.service_names for v in decision.fail_open),
+        stale_tasks=len(stale.stale_tasks) if stale else 0,
+        stale_endpoints=tuple(n for n, _ in stale.newer_endpoints) if stale else (),
         http_check=check,
         http_check_error=check_error,
     )

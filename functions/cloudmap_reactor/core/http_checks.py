@@ -1,17 +1,17 @@
 """The HTTP-probe side of a health pass: which instances to probe, the probing, the failure counts.
 
-The scanner reads the clusters, hands this the opted-in services' registered instances, and gets
-back the instances over the failure threshold; it then decides (fail-open guard included) and
-deregisters. State kept here lasts one invocation, like the scanner's: the consecutive failures
+The poller reads the clusters, hands this the opted-in services' registered instances, and gets
+back each instance's consecutive failures; ``core.decide`` compares them with the threshold.
+State kept here lasts one invocation, like the scanner's: the consecutive failures
 per instance, and the problems already reported.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from cloudmap_reactor.core.decide import is_running
 from cloudmap_reactor.core.model import EcsService, TaskSnapshot
 from cloudmap_reactor.core.ports import HttpProber
 from cloudmap_reactor.core.probing import (
@@ -24,7 +24,6 @@ from cloudmap_reactor.core.probing import (
     http_check_of,
     probe_target,
 )
-from cloudmap_reactor.core.safety import RUNNING
 
 InstanceKey = tuple[str, str]  # (Cloud Map service id, instance id)
 
@@ -55,15 +54,15 @@ class ProbeRound:
 
     results: list[ProbeResult] = field(default_factory=list)
     failed: list[FailedProbe] = field(default_factory=list)
-    over_threshold: set[InstanceKey] = field(default_factory=set)
+    consecutive_failures: dict[InstanceKey, int] = field(default_factory=dict)
 
 
 class HttpChecks:
     """Probes the instances of services tagged ``cloudmap-reactor:http-check`` and counts failures."""
 
-    def __init__(self, prober: HttpProber, *, failure_threshold: int) -> None:
+    def __init__(self, prober: HttpProber) -> None:
         self._prober = prober
-        self._failures = FailureCounter(failure_threshold)
+        self._failures = FailureCounter()
         self._reported: set[tuple[str, str, str]] = set()
 
     def checks(
@@ -88,20 +87,19 @@ class HttpChecks:
         check: HttpCheck,
         tasks: Iterable[TaskSnapshot],
         registered: Mapping[str, Mapping[str, Mapping[str, str]]],
-        removed: Mapping[str, set[str]],
+        removed: Collection[InstanceKey],
     ) -> tuple[list[tuple[ProbeTarget, EcsService]], list[ProbeProblem]]:
         """The service's registered instances whose task runs and that were not taken out already.
 
-        ``registered``: Cloud Map service id -> instance id -> attributes; ``removed``: task ARN ->
-        the Cloud Map service ids it was taken out of in this invocation.
+        ``registered``: Cloud Map service id -> instance id -> attributes (the service's Cloud Map
+        services are picked from it); ``removed``: instances taken out earlier in this invocation.
         """
-        running = {t.task_id: t for t in tasks if t.last_status == RUNNING and t.desired_status == RUNNING}
+        running = {t.task_id for t in tasks if is_running(t)}
         targets: list[tuple[ProbeTarget, EcsService]] = []
         problems: list[ProbeProblem] = []
-        for sid, instances in sorted(registered.items()):
-            for instance_id, attributes in sorted(instances.items()):
-                task = running.get(instance_id)
-                if task is None or sid in removed.get(task.task_arn, ()):
+        for sid in sorted(service.cloudmap_service_ids & registered.keys()):
+            for instance_id, attributes in sorted(registered[sid].items()):
+                if instance_id not in running or (sid, instance_id) in removed:
                     continue
                 try:
                     targets.append((probe_target(sid, instance_id, attributes, check), service))
@@ -121,7 +119,7 @@ class HttpChecks:
             for probe in results
             if probe.verdict is ProbeVerdict.FAILED
         ]
-        return ProbeRound(results=results, failed=failed, over_threshold=self._failures.over_threshold())
+        return ProbeRound(results=results, failed=failed, consecutive_failures=self._failures.counts())
 
     def _once(self, problem: ProbeProblem) -> list[ProbeProblem]:
         key = (problem.cluster_arn, problem.service_name, problem.error)
@@ -129,13 +127,3 @@ class HttpChecks:
             return []
         self._reported.add(key)
         return [problem]
-
-
-def failing_tasks(service: EcsService, tasks: Iterable[TaskSnapshot], failing: set[InstanceKey]) -> dict[str, set[str]]:
-    """Task ARN -> the service's Cloud Map service ids the task's instance failed its probes in."""
-    by_id = {t.task_id: t.task_arn for t in tasks}
-    found: dict[str, set[str]] = defaultdict(set)
-    for sid, instance_id in failing:
-        if sid in service.cloudmap_service_ids and instance_id in by_id:
-            found[by_id[instance_id]].add(sid)
-    return dict(found)

@@ -146,6 +146,7 @@ class Deregistration:
     reason: Reason
     outcome: Outcome
     error: str | None = None
+    rule: str = ""  # the core.decide rule that asked for it
 
     @property
     def instance_id(self) -> str:

@@ -153,7 +153,7 @@ class ProbeResult:
 
 
 class FailureCounter:
-    """Consecutive failed probes per instance, like a load balancer's unhealthy threshold.
+    """Consecutive failed probes per instance, like a load balancer's (``core.decide`` owns the threshold).
 
     One success resets the count. An instance that is no longer probed (its task left, or it was
     deregistered) is forgotten; a skipped probe leaves the count as it was. It also decides the
@@ -161,8 +161,7 @@ class FailureCounter:
     bound: instances on their way to the threshold first, then the longest unprobed.
     """
 
-    def __init__(self, threshold: int) -> None:
-        self._threshold = max(1, threshold)
+    def __init__(self) -> None:
         self._failures: dict[tuple[str, str], int] = {}
         self._probed_on: dict[tuple[str, str], int] = {}  # key -> the record() call it was last probed in
         self._records = 0
@@ -192,6 +191,6 @@ class FailureCounter:
     def failures(self, key: tuple[str, str]) -> int:
         return self._failures.get(key, 0)
 
-    def over_threshold(self) -> set[tuple[str, str]]:
-        """(Cloud Map service id, instance id) of every instance that failed ``threshold`` times in a row."""
-        return {key for key, n in self._failures.items() if n >= self._threshold}
+    def counts(self) -> dict[tuple[str, str], int]:
+        """(Cloud Map service id, instance id) -> consecutive failed probes, of every failing instance."""
+        return dict(self._failures)

@@ -11,11 +11,11 @@ endpoint exists, so the check is naturally idempotent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from cloudmap_reactor.core.model import DEPENDS_ON_TAG, REDEPLOY_STALE_TAG, EcsService, TaskSnapshot, is_true
+from cloudmap_reactor.core.model import DEPENDS_ON_TAG, REDEPLOY_STALE_TAG, EcsService, TagScope, TaskSnapshot, is_true
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,9 @@ def find_stale(
     return StaleClient(service=client, stale_tasks=tuple(stale), newer_endpoints=tuple(sorted(newer.items())))
 
 
-def choose_redeployment(stale: Iterable[StaleClient], *, heal_all: bool, already: set[str]) -> StaleClient | None:
+def choose_redeployment(
+    stale: Iterable[StaleClient], *, heal_all: bool, already: frozenset[str] | set[str]
+) -> StaleClient | None:
     """At most one client per cluster per pass, never one that is already deploying or was just redeployed."""
     for client in sorted(stale, key=lambda c: c.service.service_name):
         wanted = heal_all or is_true(client.service.tag(REDEPLOY_STALE_TAG))
@@ -75,13 +77,20 @@ def choose_redeployment(stale: Iterable[StaleClient], *, heal_all: bool, already
     return None
 
 
-def created_dates(
-    endpoints: Mapping[str, str], lookup: Callable[[str], datetime], cache: dict[str, datetime]
-) -> dict[str, datetime]:
-    """Endpoint name -> creation time, each Cloud Map service asked once per invocation."""
-    dates: dict[str, datetime] = {}
-    for name, cloudmap_id in endpoints.items():
-        if cloudmap_id not in cache:
-            cache[cloudmap_id] = lookup(cloudmap_id)
-        dates[name] = cache[cloudmap_id]
-    return dates
+def start_order_clients(
+    services: Iterable[EcsService], scope: TagScope, *, every_endpoint: bool
+) -> list[tuple[EcsService, dict[str, str]]]:
+    """The Service Connect clients in scope to check, each with the endpoints (name -> Cloud Map id) it depends on.
+
+    Reading asks this which Cloud Map services' creation dates to fetch; deciding asks it again.
+    """
+    described = list(services)
+    clients: list[tuple[EcsService, dict[str, str]]] = []
+    for client in sorted(described, key=lambda s: s.service_name):
+        if not client.service_connect or not client.in_scope(scope):
+            continue
+        if not every_endpoint and not declared_dependencies(client):
+            continue
+        if endpoints := dependency_endpoints(client, described, every_endpoint=every_endpoint):
+            clients.append((client, endpoints))
+    return clients

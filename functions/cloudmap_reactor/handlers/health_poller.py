@@ -18,11 +18,14 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cloudmap_reactor import wiring
-from cloudmap_reactor.core.health_scan import ClusterFailure, HealthPassResult
-from cloudmap_reactor.core.poll_loop import PollLoop, poll_window_seconds
+from cloudmap_reactor.core.poll_loop import SAFETY_MARGIN_SECONDS, PollLoop, poll_window_seconds
 from cloudmap_reactor.core.probing import ProbeVerdict
 from cloudmap_reactor.handlers.reporting import report_deregistrations
-from cloudmap_reactor.observability import MetricName, count, logger, metrics, tracer
+from cloudmap_reactor.observability import MetricName, count, count_with_reason, logger, metrics, tracer
+from cloudmap_reactor.poller.reading import ClusterSkipped
+from cloudmap_reactor.poller.scanner import HealthPassResult
+
+wiring.policy()  # a bad environment stops the function here, at its cold start, naming the variable
 
 
 class HealthScanIncomplete(RuntimeError):
@@ -34,30 +37,29 @@ class HealthScanIncomplete(RuntimeError):
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     deps = wiring.poller_deps()
-    settings = deps.settings
+    policy = deps.policy
     scanner = deps.new_scanner()
-    window = poll_window_seconds(
-        settings.poll_window_seconds,
-        settings.poll_schedule_seconds,
-        context.get_remaining_time_in_millis() / 1000,
-    )
-    failures: list[ClusterFailure] = []
-    totals = HealthPassResult()
+    remaining = context.get_remaining_time_in_millis() / 1000
+    # No AWS call of any pass may run into the time kept free at the end of the invocation.
+    deadline = time.monotonic() + max(0.0, remaining - SAFETY_MARGIN_SECONDS / 2)
+    window = poll_window_seconds(policy.poll_window_seconds, policy.poll_schedule_seconds, remaining)
+    failures: list[ClusterSkipped] = []
+    totals = {"tasks_examined": 0, "unhealthy_found": 0, "deregistrations": 0}
 
     def one_pass() -> None:
         started = time.perf_counter()
-        result = scanner.run_pass()
-        _report_pass(result, duration_ms=(time.perf_counter() - started) * 1000, dry_run=settings.dry_run)
-        failures.extend(result.cluster_failures)
-        totals.merge(result)
+        result = scanner.run_pass(deadline=deadline)
+        _report_pass(result, duration_ms=(time.perf_counter() - started) * 1000, dry_run=policy.dry_run)
+        failures.extend(result.skipped_clusters)
+        totals["tasks_examined"] += result.tasks_examined
+        totals["unhealthy_found"] += len(result.unhealthy)
+        totals["deregistrations"] += len(result.deregistrations)
 
-    passes = PollLoop(interval=settings.poll_interval_seconds, window=window).run(one_pass)
+    passes = PollLoop(interval=policy.poll_interval_seconds, window=window).run(one_pass)
     summary = {
         "passes": passes,
         "window_seconds": round(window, 1),
-        "tasks_examined": totals.tasks_examined,
-        "unhealthy_found": len(totals.unhealthy),
-        "deregistrations": len(totals.deregistrations),
+        **totals,
         "ecs_budget_wait_seconds": round(deps.ecs_budget.waited_seconds, 2),
     }
     if failures:
@@ -84,11 +86,13 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
         logger.warning(
             "Fail-open: unhealthy tasks left registered, too few would stay healthy",
             extra={
-                "cluster_arn": held.service.cluster_arn,
-                "ecs_service": held.service.service_name,
-                "running_tasks": held.plan.running,
-                "unhealthy_tasks": held.plan.unhealthy,
-                "healthy_percent_after": round(held.plan.healthy_percent_after, 1),
+                "cloudmap_service_id": held.cloudmap_service_id,
+                "ecs_service": ",".join(held.service_names),
+                "running_tasks": held.running,
+                "unhealthy_tasks": held.failing,
+                "healthy_registered": held.healthy_registered,
+                "required_healthy": held.required,
+                "healthy_percent_after": round(held.healthy_percent_after, 1),
             },
         )
     for orphan in result.orphans:
@@ -112,7 +116,7 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
                 "oldest_task_started_at": min(t.started_at for t in stale.stale_tasks if t.started_at).isoformat(),
             },
         )
-    for redeployment in result.redeployments:
+    for redeployment in (r for r in result.redeployments if r.error is None):
         logger.warning(
             ("DRY_RUN: would force a new deployment of" if redeployment.dry_run else "Forced a new deployment of")
             + " a stale client",
@@ -121,17 +125,21 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
                 "ecs_service": redeployment.client.service.service_name,
             },
         )
-    for skipped in result.reconcile_failures:
+    for skipped in result.read_failures:
         logger.error(
             "Could not reconcile or check start order; the rest of the pass went on",
             extra={"cluster_arn": skipped.cluster_arn, "ecs_service": skipped.service_name, "error": skipped.error},
         )
-    for failure in result.cluster_failures:
-        logger.error("Could not scan cluster", extra={"cluster_arn": failure.cluster_arn, "error": failure.error})
+    for failure in result.skipped_clusters:
+        logger.error(
+            "Could not scan cluster",
+            extra={"cluster_arn": failure.cluster_arn, "reason": failure.reason, "error": failure.error},
+        )
+        count_with_reason(MetricName.CLUSTER_SKIPPED, failure.reason)
     count(MetricName.UNHEALTHY_TASKS_FOUND, len(result.unhealthy))
     count(MetricName.FAIL_OPEN_ACTIVATED, len(result.fail_open))
     count(MetricName.STALE_DEPENDENCY_TASKS, sum(len(s.stale_tasks) for s in result.stale_clients))
-    redeployed = sum(1 for r in result.redeployments if not r.dry_run)
+    redeployed = sum(1 for r in result.redeployments if not r.dry_run and r.error is None)
     if redeployed:
         count(MetricName.CLIENTS_REDEPLOYED, redeployed)
     if result.reconciled_services:

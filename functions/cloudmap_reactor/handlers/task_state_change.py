@@ -13,12 +13,13 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cloudmap_reactor import wiring
-from cloudmap_reactor.core.reactor import StoppingTask, handle_stopping_task
+from cloudmap_reactor.core.decide import decide_stop_event, stop_event_precheck
+from cloudmap_reactor.core.decisions import Hold
 from cloudmap_reactor.events import InvalidEvent, parse_task_state_change
 from cloudmap_reactor.handlers.reporting import report_deregistrations
 from cloudmap_reactor.observability import MetricName, count, logger, metrics, tracer
 
-STOPPED = "STOPPED"
+wiring.policy()  # a bad environment stops the function here, at its cold start, naming the variable
 
 
 class DeregistrationFailed(RuntimeError):
@@ -38,33 +39,29 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         return {"status": "invalid"}
 
     logger.append_keys(cluster_arn=task.cluster_arn, task_arn=task.task_arn, ecs_service=task.service_name)
-    service_name = task.service_name
-    if task.desired_status != STOPPED or service_name is None:
-        logger.info("Ignoring event: not a stopping task of a service", extra={"group": task.group})
-        return {"status": "ignored"}
-    if not deps.settings.in_scope(task.cluster_arn):
-        logger.info("Ignoring event: cluster not in CLUSTER_ARNS")
+    held = stop_event_precheck(
+        cluster_arn=task.cluster_arn, group=task.group, desired_status=task.desired_status, policy=deps.policy
+    )
+    if held is not None:
+        logger.info("Ignoring event", extra={"hold": held.why.value, "detail": held.detail, "group": task.group})
         return {"status": "ignored"}
 
-    result = handle_stopping_task(
-        StoppingTask(cluster_arn=task.cluster_arn, task_arn=task.task_arn, service_name=service_name),
-        services=deps.services,
-        remover=deps.remover,
-        dry_run=deps.settings.dry_run,
-        scope=deps.settings.tag_scope,
-    )
-    report_deregistrations(result.deregistrations)
-    if not result.in_scope:
-        logger.info("Ignoring event: the service's tags exclude it (cloudmap-reactor:ignore / :enabled)")
-        return {"status": "ignored"}
-    if not result.uses_cloudmap:
-        logger.info(
-            "Nothing to do: service not found or not registered in Cloud Map",
-            extra={"service_found": result.service_found},
-        )
-    if result.failed:
-        raise DeregistrationFailed(f"{len(result.failed)} deregistration(s) failed for {task.task_arn}")
+    service = deps.services.get(task.cluster_arn, task.service_name or "")
+    decision = decide_stop_event(task_arn=task.task_arn, service=service, policy=deps.policy)
+    acted = deps.actor.apply(decision)
+    report_deregistrations(acted.deregistrations)
+    for hold in decision.held:
+        if hold.why is Hold.TAGS_OUT_OF_SCOPE:
+            logger.info("Ignoring event: the service's tags exclude it (cloudmap-reactor:ignore / :enabled)")
+            return {"status": "ignored"}
+        if hold.why is not Hold.DRY_RUN:
+            logger.info(
+                "Nothing to do: service not found or not registered in Cloud Map",
+                extra={"hold": hold.why.value, "service_found": service is not None},
+            )
+    if acted.failed:
+        raise DeregistrationFailed(f"{len(acted.failed)} deregistration(s) failed for {task.task_arn}")
     return {
         "status": "processed",
-        "outcomes": {d.cloudmap_service_id: d.outcome.value for d in result.deregistrations},
+        "outcomes": {d.cloudmap_service_id: d.outcome.value for d in acted.deregistrations},
     }
