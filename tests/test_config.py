@@ -51,7 +51,10 @@ def test_bad_configuration_fails_the_invocation_with_the_message(
     from cloudmap_reactor.handlers import task_state_change
     from tests.conftest import load_event
 
+    from cloudmap_reactor import wiring
+
     env.setenv("DRY_RUN", "perhaps")
+    wiring.reset()  # a new container: the policy is read again
     with pytest.raises(ConfigError, match="DRY_RUN='perhaps' must be true or false"):
         task_state_change.lambda_handler(load_event("task-stopping.json"), lambda_context)
 
@@ -84,3 +87,61 @@ def test_probe_settings_are_bounded() -> None:
         )
     for name in ("PROBE_CONNECT_TIMEOUT_SECONDS", "PROBE_READ_TIMEOUT_SECONDS", "PROBE_FAILURE_THRESHOLD"):
         assert name in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("ECS_READS_PER_SECOND", "1e-320", "from 0 to 1000"),  # no exponents
+        ("ECS_READS_PER_SECOND", "0.001", "at least 0.5"),  # would hang the scan
+        ("ECS_READS_PER_SECOND", "nan", "from 0 to 1000"),
+        ("POLL_INTERVAL_SECONDS", "²", "from 1 to 300"),  # a digit to str.isdigit, not to us
+        ("PROBE_FAILURE_THRESHOLD", "３", "a whole number"),  # fullwidth digit
+        ("SCAN_CONCURRENCY", "0", "from 1 to 64"),
+        ("SERVICE_REFRESH_PASSES", "-1", "from 1 to 10000"),
+        ("MIN_HEALTHY_PERCENT", "101", "from 0 to 100"),
+        ("POLL_WINDOW_SECONDS", "inf", "from 0 to 900"),
+        ("POLL_SCHEDULE", "rate(0 minutes)", "rate(<n>"),
+        ("POLL_SCHEDULE", "every minute", "rate(<n>"),
+        ("CLUSTER_ARNS", "arn:aws:ecs:eu-west-1:123456789012:cluster/prod", "not in this region (us-east-1)"),
+    ],
+)
+def test_every_setting_is_bounded_and_an_error_names_variable_value_and_range(name: str, value: str, says: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Policy.from_env({"AWS_REGION": "us-east-1", name: value})
+    message = str(raised.value)
+    assert name in message
+    assert value in message
+    assert says in message
+
+
+def test_clusters_of_two_accounts_are_refused() -> None:
+    other = "arn:aws:ecs:us-east-1:210987654321:cluster/prod"
+    with pytest.raises(ConfigError, match="more than one account"):
+        Policy.from_env({"CLUSTER_ARNS": f"{PROD},{other}"})
+
+
+@pytest.mark.parametrize("module", ["task_state_change", "health_poller"])
+def test_a_bad_setting_stops_the_function_at_import(module: str) -> None:
+    """Lambda reports an init error with the message, instead of failing every invocation later."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MIN_HEALTHY_PERCENT": "150"}
+    done = subprocess.run(
+        [sys.executable, "-c", f"import cloudmap_reactor.handlers.{module}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=os.path.join(os.path.dirname(__file__), "..", "functions"),
+    )
+    assert done.returncode != 0
+    assert "MIN_HEALTHY_PERCENT='150' must be a number from 0 to 100" in done.stderr
+
+
+def test_stack_parameters_become_the_policy() -> None:
+    policy = Policy.from_stack_parameters({"MinHealthyPercent": "75", "DryRun": "true", "Unrelated": "x"})
+    assert (policy.min_healthy_percent, policy.dry_run) == (75.0, True)
+    assert policy.probe_failure_threshold == Policy().probe_failure_threshold

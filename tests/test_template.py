@@ -26,7 +26,7 @@ from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 from samtranslator.yaml_helper import yaml_parse
 
-from cloudmap_reactor.config import Policy
+from cloudmap_reactor.config import Policy, defaults_by_parameter
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
@@ -247,6 +247,27 @@ def test_parameters_and_defaults() -> None:
     assert set(parameters["LogRetentionDays"]["AllowedValues"]) <= {
         1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
     }  # fmt: skip
+
+
+def test_template_defaults_are_the_policy_defaults() -> None:
+    """Policy's field defaults are the only home of defaults: every template parameter that feeds one agrees."""
+    parameters = sam_template()["Parameters"]
+    for parameter, default in defaults_by_parameter().items():
+        declared = parameters[parameter]["Default"]
+        expected = {None: "auto", (): "", True: "true", False: "false"}.get(default, default)  # type: ignore[call-overload]
+        if isinstance(default, float | int) and not isinstance(default, bool):
+            assert float(declared) == float(default), parameter
+        else:
+            assert str(declared) == str(expected), parameter
+    # ...and what the template passes is what the functions parse back
+    stack = Stack({})
+    for logical_id in (REACTOR, POLLER):
+        env = stack.properties(logical_id)["Environment"]["Variables"]
+        parsed = Policy.from_env({k: str(v) for k, v in env.items()})
+        for name in ("dry_run", "tag_scope", "min_healthy_percent", "poll_interval_seconds", "probe_failure_threshold"):
+            env_name, _ = Policy.environment_of(name)
+            if env_name in env:
+                assert getattr(parsed, name) == getattr(Policy(), name), name
 
 
 @pytest.mark.parametrize(

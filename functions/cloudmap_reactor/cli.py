@@ -58,10 +58,16 @@ def read_only_clients(profile: str | None, region: str | None) -> tuple[Any, Any
     return ecs, cloudmap, cloudformation
 
 
+def describe_stack(cloudformation: Any, name: str) -> dict[str, Any]:
+    """The stack as CloudFormation describes it (parameters included)."""
+    stack: dict[str, Any] = cloudformation.describe_stacks(StackName=name)["Stacks"][0]
+    return stack
+
+
 def policy_of(args: argparse.Namespace, cloudformation: Any) -> Policy:
     """The deployed stack's policy (``--stack``), or the defaults with the command line's overrides."""
     if args.stack:
-        stack = cloudformation.describe_stacks(StackName=args.stack)["Stacks"][0]
+        stack = describe_stack(cloudformation, args.stack)
         parameters = {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters", [])}
         return Policy.from_stack_parameters(parameters)
     overrides = {"TAG_SCOPE": args.tag_scope or "", "STALE_CHECK_ALL_ENDPOINTS": str(args.all_endpoints).lower()}
