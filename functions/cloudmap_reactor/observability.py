@@ -8,6 +8,8 @@ interface: alarms and dashboards depend on them, so they live here and nowhere e
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 
 from aws_lambda_powertools import Logger, Metrics, Tracer, single_metric
@@ -16,7 +18,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 SERVICE_NAME = os.environ.get("POWERTOOLS_SERVICE_NAME") or "cloudmap-reactor"
 
 logger = Logger(service=SERVICE_NAME)  # level comes from Settings.log_level (see wiring)
-tracer = Tracer(service=SERVICE_NAME)
+# Nothing is patched: most AWS calls and probes run on worker threads, where X-Ray would attach
+# them to no phase. Each phase is an explicit subsegment of the handler's segment instead
+# (``traced_phase``), annotated with what it did.
+tracer = Tracer(service=SERVICE_NAME, auto_patch=False)
 metrics = Metrics(service=SERVICE_NAME)
 
 
@@ -35,6 +40,18 @@ class MetricName(StrEnum):
     PROBE_FAILURES = "ProbeFailures"
     PROBE_DURATION = "ProbeDuration"
     CLUSTER_SKIPPED = "ClusterSkipped"
+
+
+@contextmanager
+def traced_phase(name: str) -> Iterator[Callable[[str, int], None]]:
+    """An X-Ray subsegment ``## name`` for one phase; yields ``annotate(key, number)``."""
+    with tracer.provider.in_subsegment(f"## {name}") as subsegment:
+
+        def annotate(key: str, value: int) -> None:
+            if subsegment is not None:  # None when tracing is off or there is no segment
+                subsegment.put_annotation(key, value)
+
+        yield annotate
 
 
 def count(name: MetricName, value: float = 1) -> None:

@@ -17,7 +17,7 @@ from cloudmap_reactor.core.decide import decide_stop_event, stop_event_precheck
 from cloudmap_reactor.core.decisions import Hold
 from cloudmap_reactor.events import InvalidEvent, parse_task_state_change
 from cloudmap_reactor.handlers.reporting import report_deregistrations
-from cloudmap_reactor.observability import MetricName, count, logger, metrics, tracer
+from cloudmap_reactor.observability import MetricName, count, logger, metrics, traced_phase, tracer
 
 wiring.policy()  # a bad environment stops the function here, at its cold start, naming the variable
 
@@ -46,9 +46,12 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         logger.info("Ignoring event", extra={"hold": held.why.value, "detail": held.detail, "group": task.group})
         return {"status": "ignored"}
 
-    service = deps.services.get(task.cluster_arn, task.service_name or "")
+    with traced_phase("read"):
+        service = deps.services.get(task.cluster_arn, task.service_name or "")
     decision = decide_stop_event(task_arn=task.task_arn, service=service, policy=deps.policy)
-    acted = deps.actor.apply(decision)
+    with traced_phase("act") as annotate:
+        acted = deps.actor.apply(decision)
+        annotate("deregistrations", len(acted.deregistrations))
     report_deregistrations(acted.deregistrations)
     for hold in decision.held:
         if hold.why is Hold.TAGS_OUT_OF_SCOPE:

@@ -23,7 +23,7 @@ from cloudmap_reactor.core.model import Deregistration, EcsService
 from cloudmap_reactor.core.ports import AwsCallFailed
 from cloudmap_reactor.core.probing import ProbeResult, ProbeTarget
 from cloudmap_reactor.core.start_order import StaleClient
-from cloudmap_reactor.observability import tracer
+from cloudmap_reactor.observability import traced_phase
 from cloudmap_reactor.poller.acting import Actor, Redeployment
 from cloudmap_reactor.poller.memory import InvocationMemory
 from cloudmap_reactor.poller.reading import ALL_SERVICES, ClusterRead, ClusterSkipped, PassReader, ServiceReadFailure
@@ -87,7 +87,7 @@ class HealthScanner:
         """One pass over every cluster in scope; ``deadline`` (monotonic) bounds every AWS call in it."""
         self.memory.next_pass()
         result = HealthPassResult()
-        with tracer.provider.in_subsegment("## read"):
+        with traced_phase("read") as annotate:
             try:
                 with aws_deadline(deadline):
                     clusters = self._reader.clusters(self.memory)
@@ -101,11 +101,15 @@ class HealthScanner:
                 else:
                     reads.append(read)
                     _count_read(read, result)
-        with tracer.provider.in_subsegment("## probe"):
+            annotate("clusters", result.clusters_scanned)
+            annotate("tasks", result.tasks_examined)
+        with traced_phase("probe") as annotate:
             failures = self._probe(reads, result)
-        for read in reads:
-            with tracer.provider.in_subsegment("## decide and act"):
+            annotate("probes", len(result.probes))
+        with traced_phase("decide and act") as annotate:
+            for read in reads:
                 self._decide_and_act(read, failures, deadline, result)
+            annotate("actions", len(result.decision.actions))
         return result
 
     def _probe(self, reads: list[ClusterRead], result: HealthPassResult) -> dict[tuple[str, str], int]:
