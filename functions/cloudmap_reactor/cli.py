@@ -25,6 +25,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cloudmap_reactor import __version__
 from cloudmap_reactor.adapters.clients import CLIENT_CONFIG
 from cloudmap_reactor.adapters.cloudmap import CloudMapDeregistrar
 from cloudmap_reactor.adapters.ecs import EcsReader
@@ -54,30 +55,58 @@ def read_only_clients(profile: str | None, region: str | None) -> tuple[Any, Any
     return clients
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cloudmap-reactor", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["doctor", "plan"])
-    parser.add_argument("--cluster", action="append", default=[], help="cluster name or ARN (repeat; default: all)")
-    parser.add_argument("--profile", help="AWS profile (default: the usual credential chain)")
-    parser.add_argument("--region", help="AWS region (default: the profile's or AWS_REGION)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--min-healthy-percent", type=float, default=50.0)
-    parser.add_argument("--tag-scope", choices=[s.value for s in TagScope], default=TagScope.OPT_OUT.value)
-    parser.add_argument("--all-endpoints", action="store_true", help="start order: every endpoint is a dependency")
-    args = parser.parse_args(argv)
+    parser.add_argument("--version", action="version", version=f"cloudmap-reactor {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    read_only = _read_only_options()
+    commands.add_parser(
+        "doctor",
+        parents=[read_only],
+        help="read-only: Cloud Map next to ECS, per service; exit 1 when something needs attention",
+        description="Read-only: Cloud Map next to ECS for every Service Connect or service-discovery service.",
+    )
+    commands.add_parser(
+        "plan",
+        parents=[read_only],
+        help="read-only: what one poller pass would deregister now, and why",
+        description="Read-only: one poller pass in dry-run mode: which instances it would deregister and why.",
+    )
+    return parser
+
+
+def _read_only_options() -> argparse.ArgumentParser:
+    """The options of doctor and plan (a parent parser: each subcommand gets its own copy)."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--cluster", action="append", default=[], help="cluster name or ARN (repeat; default: all)")
+    options.add_argument("--profile", help="AWS profile (default: the usual credential chain)")
+    options.add_argument("--region", help="AWS region (default: the profile's or AWS_REGION)")
+    options.add_argument("--json", action="store_true", help="machine-readable output")
+    options.add_argument("--min-healthy-percent", type=float, default=50.0)
+    options.add_argument("--tag-scope", choices=[s.value for s in TagScope], default=TagScope.OPT_OUT.value)
+    options.add_argument("--all-endpoints", action="store_true", help="start order: every endpoint is a dependency")
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # doctor and plan only read: their clients come from read_only_clients (refuse_mutations).
     try:
-        ecs, cloudmap = read_only_clients(args.profile, args.region)
-        fleet, registry = EcsReader(ecs), CloudMapDeregistrar(cloudmap)
-        clusters = args.cluster or fleet.list_cluster_arns()
-        if args.command == "doctor":
-            return _doctor(args, fleet, registry, clusters)
-        return _plan(args, fleet, registry, clusters)
+        return _doctor(args) if args.command == "doctor" else _plan(args)
     except (AwsCallFailed, ClientError, BotoCoreError, MutationRefused) as exc:
         print(f"cloudmap-reactor {args.command}: {exc}", file=sys.stderr)
         return 2
 
 
-def _doctor(args: argparse.Namespace, fleet: EcsReader, registry: CloudMapDeregistrar, clusters: list[str]) -> int:
+def _read_only_fleet(args: argparse.Namespace) -> tuple[EcsReader, CloudMapDeregistrar, list[str]]:
+    """The ECS and Cloud Map adapters over read-only clients, and the clusters to look at."""
+    ecs, cloudmap = read_only_clients(args.profile, args.region)
+    fleet, registry = EcsReader(ecs), CloudMapDeregistrar(cloudmap)
+    return fleet, registry, args.cluster or fleet.list_cluster_arns()
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    fleet, registry, clusters = _read_only_fleet(args)
     diagnosis = Diagnosis()
     cache: dict[str, Any] = {}
     for index, cluster in enumerate(clusters, start=1):
@@ -159,7 +188,8 @@ def _doctor_table(services: list[ServiceDiagnosis]) -> str:
     return "\n".join([*lines, *(["", *details] if details else [])])
 
 
-def _plan(args: argparse.Namespace, fleet: EcsReader, registry: CloudMapDeregistrar, clusters: list[str]) -> int:
+def _plan(args: argparse.Namespace) -> int:
+    fleet, registry, clusters = _read_only_fleet(args)
     scanner = HealthScanner(
         fleet=fleet,
         registry=registry,
