@@ -74,7 +74,7 @@ bench-probes: venv  ## Measure one pass of HTTP probes (1k/5k instances, hanging
 	$(BIN)/python -m devtools.bench_probes
 
 redrive: venv  ## Replay the dead-letter queue through the reactor (STACK=name, ARGS="--dry-run" …)
-	$(BIN)/python -m devtools.redrive --stack-name $(or $(STACK),cloudmap-reactor) $(ARGS)
+	$(BIN)/cloudmap-reactor redrive --stack-name $(or $(STACK),cloudmap-reactor) $(ARGS)
 
 doctor: venv  ## Read-only check of your AWS account (your profile/region; ARGS="--cluster prod --json")
 	$(BIN)/cloudmap-reactor doctor $(ARGS)

@@ -9,6 +9,7 @@ import boto3
 import pytest
 from botocore.client import BaseClient
 
+from cloudmap_reactor import __version__
 from cloudmap_reactor.cli import MutationRefused, main, read_only_clients
 from devtools.aws_emulator import FleetBuilder, SeededService
 
@@ -155,3 +156,25 @@ def test_doctor_shows_http_checks_and_flags_a_wrong_tag(aws: FleetBuilder, capsy
     assert "search: not probed: cloudmap-reactor:http-check='healthz'" in table
     assert "orders: 2 task(s) without a container health check (UNKNOWN); tag cloudmap-reactor:http-check" in table
     assert "catalog: 2 task(s)" not in table
+
+
+def test_version_names_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit, match="0"):
+        main(["--version"])
+    assert capsys.readouterr().out == f"cloudmap-reactor {__version__}\n"
+
+
+@pytest.mark.parametrize("command", ["doctor", "plan"])
+def test_each_read_only_command_has_its_own_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit, match="0"):
+        main([command, "--help"])
+    usage = capsys.readouterr().out
+    assert usage.startswith(f"usage: cloudmap-reactor {command} ")
+    for option in ("--cluster", "--profile", "--region", "--json", "--min-healthy-percent", "--tag-scope"):
+        assert option in usage
+
+
+def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit, match="2"):
+        main([])
+    assert "required: command" in capsys.readouterr().err

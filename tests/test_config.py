@@ -48,10 +48,9 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_bad_configuration_fails_the_invocation_with_the_message(
     aws: object, env: pytest.MonkeyPatch, lambda_context: object
 ) -> None:
+    from cloudmap_reactor import wiring
     from cloudmap_reactor.handlers import task_state_change
     from tests.conftest import load_event
-
-    from cloudmap_reactor import wiring
 
     env.setenv("DRY_RUN", "perhaps")
     wiring.reset()  # a new container: the policy is read again
@@ -96,7 +95,7 @@ def test_probe_settings_are_bounded() -> None:
         ("ECS_READS_PER_SECOND", "0.001", "at least 0.5"),  # would hang the scan
         ("ECS_READS_PER_SECOND", "nan", "from 0 to 1000"),
         ("POLL_INTERVAL_SECONDS", "²", "from 1 to 300"),  # a digit to str.isdigit, not to us
-        ("PROBE_FAILURE_THRESHOLD", "３", "a whole number"),  # fullwidth digit
+        ("PROBE_FAILURE_THRESHOLD", "\uff13", "a whole number"),  # fullwidth digit three
         ("SCAN_CONCURRENCY", "0", "from 1 to 64"),
         ("SERVICE_REFRESH_PASSES", "-1", "from 1 to 10000"),
         ("MIN_HEALTHY_PERCENT", "101", "from 0 to 100"),

@@ -24,7 +24,9 @@ def mixed_fleet(aws: FleetBuilder) -> None:
     """Every rule at work at once: ECS health, fail-open, reconciliation of a stopping task, an orphan."""
     aws.create_cluster("prod")
     orders = aws.create_service("prod", "orders", discovery_names=["orders", "orders-grpc"])
-    for arn, health in zip(aws.start_tasks(orders, 5), ["UNHEALTHY", "UNKNOWN", "HEALTHY", "HEALTHY", "HEALTHY"]):
+    for arn, health in zip(
+        aws.start_tasks(orders, 5), ["UNHEALTHY", "UNKNOWN", "HEALTHY", "HEALTHY", "HEALTHY"], strict=True
+    ):
         aws.set_health(arn, health)
     aws.begin_stopping(orders.task_arns[4])  # ECS is stopping it; its stop event was missed
     aws.cloudmap.register_instance(
@@ -35,7 +37,7 @@ def mixed_fleet(aws: FleetBuilder) -> None:
         aws.set_health(arn, "UNHEALTHY")  # fail-open holds
     aws.create_cluster("staging")
     web = aws.create_service("staging", "web", discovery_names=["web"])
-    for arn, health in zip(aws.start_tasks(web, 3), ["UNHEALTHY", "HEALTHY", "HEALTHY"]):
+    for arn, health in zip(aws.start_tasks(web, 3), ["UNHEALTHY", "HEALTHY", "HEALTHY"], strict=True):
         aws.set_health(arn, health)
 
 

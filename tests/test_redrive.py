@@ -13,16 +13,24 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
+from botocore.client import BaseClient
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 from moto.core.exceptions import JsonRESTError
 from moto.servicediscovery.models import ServiceDiscoveryBackend
 
+from cloudmap_reactor import cli, redrive
 from cloudmap_reactor.handlers import task_state_change
-from devtools import redrive
+from cloudmap_reactor.redrive import (
+    DeadEvent,
+    Deliver,
+    DeliveryFailed,
+    LambdaDelivery,
+    SetupError,
+    SqsDeadLetterQueue,
+)
 from devtools.aws_emulator import FleetBuilder, SeededService
 from devtools.local_lambda import FakeLambdaContext
-from devtools.redrive import DeadEvent, Deliver, DeliveryFailed, LambdaDelivery, SetupError, SqsDeadLetterQueue
 from tests.conftest import task_event
 
 if TYPE_CHECKING:
@@ -54,7 +62,7 @@ class AccessDenied(JsonRESTError):
 
 @pytest.fixture(autouse=True)
 def no_long_polling(mocker: Any) -> None:
-    """moto really waits on an empty queue; the CLI's 2 s long poll would only slow the tests."""
+    """moto really waits on an empty queue; the command's 2 s long poll would only slow the tests."""
     mocker.patch.object(redrive, "WAIT_SECONDS", 0)
 
 
@@ -416,7 +424,7 @@ def test_missing_stack_or_output_is_a_setup_error(aws: FleetBuilder) -> None:
         redrive.resolve_target(cloudformation, stack_name="partial")
 
 
-# -- the command line --------------------------------------------------------------------------
+# -- the command line: cloudmap-reactor redrive ---------------------------------------------
 
 
 @pytest.fixture
@@ -435,24 +443,30 @@ def test_command_line_redrives_the_stacks_queue(
     orders: SeededService,
     sqs: SQSClient,
     invoked_in_process: Any,
+    mocker: Any,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     stack_queue = deploy_stack()
     for arn in orders.task_arns[:2]:
         dead_letter_stopping(sqs, stack_queue, orders, arn)
+    calls = mocker.spy(BaseClient, "_make_api_call")
 
-    dry = redrive.main(["--stack-name", STACK, "--region", "us-east-1", "--dry-run"])
+    dry = cli.main(["redrive", "--stack-name", STACK, "--region", "us-east-1", "--dry-run"])
     dry_out = capsys.readouterr().out
 
     assert dry == 0
     assert invoked_in_process.call_count == 0
     assert "Dry run: would replay 2, skipped 0" in dry_out
     assert depth(sqs, stack_queue) == (2, 0)
+    assert "DeleteMessageBatch" not in {call.args[1] for call in calls.call_args_list}
+    calls.reset_mock()
 
-    code = redrive.main(["--stack-name", STACK, "--region", "us-east-1"])
+    code = cli.main(["redrive", "--stack-name", STACK, "--region", "us-east-1"])
 
     assert code == 0
     assert invoked_in_process.call_count == 2
+    # Unlike doctor and plan, redrive's clients may write: the read-only guard is not on them.
+    assert "DeleteMessageBatch" in {call.args[1] for call in calls.call_args_list}
     assert "Replayed 2, failed 0, skipped 0." in capsys.readouterr().out
     assert depth(sqs, stack_queue) == (0, 0)
     assert registered(aws, orders) == [task_ids(*orders.task_arns[2:])] * 2
@@ -470,7 +484,7 @@ def test_command_line_exits_non_zero_when_a_message_failed(
     dead_letter_stopping(sqs, queue_url, orders, orders.task_arns[0])
     deny_deregistration(mocker, orders.task_arns[0])
 
-    code = redrive.main(["--queue-url", queue_url, "--function-name", FUNCTION_ARN, "--max-messages", "5"])
+    code = cli.main(["redrive", "--queue-url", queue_url, "--function-name", FUNCTION_ARN, "--max-messages", "5"])
 
     out = capsys.readouterr().out
     assert code == 1
@@ -482,9 +496,22 @@ def test_command_line_exits_non_zero_when_a_message_failed(
 def test_command_line_without_a_stack_or_target_is_a_usage_error(
     aws: FleetBuilder, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert redrive.main(["--region", "us-east-1"]) == 2
-    assert "--stack-name" in capsys.readouterr().err
+    assert cli.main(["redrive", "--region", "us-east-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cloudmap-reactor redrive: ")
+    assert "--stack-name" in err
     with pytest.raises(SystemExit, match="2"):
-        redrive.main(["--stack-name", STACK, "--max-messages", "0"])
+        cli.main(["redrive", "--stack-name", STACK, "--max-messages", "0"])
     with pytest.raises(SystemExit, match="2"):  # shorter than one invocation of the function
-        redrive.main(["--stack-name", STACK, "--visibility-timeout", "30"])
+        cli.main(["redrive", "--stack-name", STACK, "--visibility-timeout", "30"])
+
+
+def test_redrive_has_its_own_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit, match="0"):
+        cli.main(["redrive", "--help"])
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: cloudmap-reactor redrive ")
+    for option in ("--stack-name", "--queue-url", "--function-name", "--max-messages", "--visibility-timeout"):
+        assert option in usage
+    assert "--dry-run" in usage
+    assert "--cluster" not in usage  # doctor's and plan's options are theirs

@@ -254,7 +254,7 @@ def test_template_defaults_are_the_policy_defaults() -> None:
     parameters = sam_template()["Parameters"]
     for parameter, default in defaults_by_parameter().items():
         declared = parameters[parameter]["Default"]
-        expected = {None: "auto", (): "", True: "true", False: "false"}.get(default, default)  # type: ignore[call-overload]
+        expected = {None: "auto", (): "", True: "true", False: "false"}.get(default, default)
         if isinstance(default, float | int) and not isinstance(default, bool):
             assert float(declared) == float(default), parameter
         else:

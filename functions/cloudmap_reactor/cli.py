@@ -1,9 +1,9 @@
-"""`cloudmap-reactor doctor` and `cloudmap-reactor plan`: read-only looks at an account before deploying.
+"""The `cloudmap-reactor` command: look at an account before deploying, replay the dead-letter queue.
 
-Both use the caller's normal AWS credentials, profile and region (or the local emulator through
-``AWS_ENDPOINT_URL``), the same adapters and the same decisions as the functions. They can only
-read: every client they create refuses, before sending, any operation that is not a Describe,
-List or Get, so no deregistration or deployment is reachable from here.
+``doctor`` and ``plan`` use the caller's normal AWS credentials, profile and region (or the local
+emulator through ``AWS_ENDPOINT_URL``), the same adapters and the same decisions as the functions.
+They can only read: every client they create refuses, before sending, any operation that is not a
+Describe, List or Get, so no deregistration or deployment is reachable from them.
 
 * ``doctor``: per cluster and per Service Connect / service-discovery service, Cloud Map next to
   ECS: discovery names, instances vs running tasks, instances that match no task ECS knows (the
@@ -12,6 +12,11 @@ List or Get, so no deregistration or deployment is reachable from here.
   start-order drift. Exit 1 when something
   needs attention, 0 when not, 2 on error.
 * ``plan``: one poller pass in dry-run mode: exactly which instances it would deregister and why.
+
+``redrive`` is the one command that writes: it replays the dead-letter queue through the deployed
+reactor (Lambda Invoke) and deletes what the reactor handled (SQS), so it gets plain clients, never
+the read-only ones (``--dry-run`` only lists). The logic is in ``cloudmap_reactor.redrive``.
+Exit 0 when nothing failed, 1 when some messages failed and stay queued, 2 when it could not run.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cloudmap_reactor import review
+from cloudmap_reactor import __version__, redrive, review
 from cloudmap_reactor.adapters.clients import CLIENT_CONFIG
 from cloudmap_reactor.adapters.ecs import EcsReader
 from cloudmap_reactor.config import ConfigError, Policy
@@ -76,33 +82,101 @@ def policy_of(args: argparse.Namespace, cloudformation: Any) -> Policy:
     return Policy.from_env(overrides)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cloudmap-reactor", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["doctor", "plan"])
-    parser.add_argument("--cluster", action="append", default=[], help="cluster name or ARN (repeat; default: all)")
-    parser.add_argument("--profile", help="AWS profile (default: the usual credential chain)")
-    parser.add_argument("--region", help="AWS region (default: the profile's or AWS_REGION)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--stack", help="judge with this deployed stack's parameters (CloudFormation stack name)")
-    parser.add_argument("--min-healthy-percent", help="fail-open guard (default: the policy's, 50)")
-    parser.add_argument("--tag-scope", choices=[s.value for s in TagScope], help="default: the policy's, opt-out")
-    parser.add_argument("--all-endpoints", action="store_true", help="start order: every endpoint is a dependency")
-    args = parser.parse_args(argv)
+    parser.add_argument("--version", action="version", version=f"cloudmap-reactor {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    read_only = _read_only_options()
+    commands.add_parser(
+        "doctor",
+        parents=[read_only],
+        help="read-only: Cloud Map next to ECS, per service; exit 1 when something needs attention",
+        description="Read-only: Cloud Map next to ECS for every Service Connect or service-discovery service.",
+    )
+    commands.add_parser(
+        "plan",
+        parents=[read_only],
+        help="read-only: what one poller pass would deregister now, and why",
+        description="Read-only: one poller pass in dry-run mode: which instances it would deregister and why.",
+    )
+    _redrive_options(
+        commands.add_parser(
+            "redrive",
+            help="replay the dead-letter queue through the reactor (writes: Lambda Invoke, SQS delete)",
+            description="Replay the cloudmap-reactor dead-letter queue through TaskStateReactorFunction, "
+            "deleting each message the function handled.",
+        )
+    )
+    return parser
+
+
+def _read_only_options() -> argparse.ArgumentParser:
+    """The options of doctor and plan (a parent parser: each subcommand gets its own copy)."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--cluster", action="append", default=[], help="cluster name or ARN (repeat; default: all)")
+    options.add_argument("--profile", help="AWS profile (default: the usual credential chain)")
+    options.add_argument("--region", help="AWS region (default: the profile's or AWS_REGION)")
+    options.add_argument("--json", action="store_true", help="machine-readable output")
+    options.add_argument("--stack", help="judge with this deployed stack's parameters (CloudFormation stack name)")
+    options.add_argument("--min-healthy-percent", help="fail-open guard (default: the policy's, 50)")
+    options.add_argument("--tag-scope", choices=[s.value for s in TagScope], help="default: the policy's, opt-out")
+    options.add_argument("--all-endpoints", action="store_true", help="start order: every endpoint is a dependency")
+    return options
+
+
+def _redrive_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stack-name", help="stack whose outputs name the queue and the function")
+    parser.add_argument("--region", help="AWS region (default: the profile's or the environment's)")
+    parser.add_argument("--profile", help="AWS named profile")
+    parser.add_argument("--queue-url", help=f"dead-letter queue URL (default: the stack's {redrive.QUEUE_URL_OUTPUT})")
+    parser.add_argument(
+        "--function-name", help=f"function name or ARN (default: the stack's {redrive.FUNCTION_OUTPUT})"
+    )
+    parser.add_argument("--max-messages", type=_at_least(1), help="replay at most this many messages (default: all)")
+    parser.add_argument(
+        "--visibility-timeout",
+        type=_at_least(redrive.MIN_VISIBILITY_TIMEOUT),
+        default=redrive.DEFAULT_VISIBILITY_TIMEOUT,
+        help="seconds received messages stay hidden while being replayed "
+        f"(default: {redrive.DEFAULT_VISIBILITY_TIMEOUT}, at least {redrive.MIN_VISIBILITY_TIMEOUT})",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="only list what would be replayed")
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse's "invalid integer value: 'x'"
+    return parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "redrive":  # writes, with its own clients and error handling
+        return _redrive(args)
+    # doctor and plan only read: their clients come from read_only_clients (refuse_mutations).
     try:
-        ecs, cloudmap, cloudformation = read_only_clients(args.profile, args.region)
-        policy = policy_of(args, cloudformation)
-        clusters = args.cluster or list(policy.cluster_arns) or EcsReader(ecs).list_cluster_arns()
-        policy = replace(policy, cluster_arns=tuple(clusters))
-        reader = review.reader_for(ecs, cloudmap, policy)
-        if args.command == "doctor":
-            return _doctor(args, reader, policy, clusters)
-        return _plan(args, reader, policy)
+        return _doctor(args) if args.command == "doctor" else _plan(args)
     except (AwsCallFailed, ClientError, BotoCoreError, MutationRefused, ConfigError) as exc:
         print(f"cloudmap-reactor {args.command}: {exc}", file=sys.stderr)
         return 2
 
 
-def _doctor(args: argparse.Namespace, reader: PassReader, policy: Policy, clusters: list[str]) -> int:
+def _read_only_fleet(args: argparse.Namespace) -> tuple[PassReader, Policy, list[str]]:
+    """The poller's reader over read-only clients, the policy to judge with, and the clusters to look at."""
+    ecs, cloudmap, cloudformation = read_only_clients(args.profile, args.region)
+    policy = policy_of(args, cloudformation)
+    clusters = args.cluster or list(policy.cluster_arns) or EcsReader(ecs).list_cluster_arns()
+    policy = replace(policy, cluster_arns=tuple(clusters))
+    return review.reader_for(ecs, cloudmap, policy), policy, clusters
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    reader, policy, clusters = _read_only_fleet(args)
     for index, cluster in enumerate(clusters, start=1):  # read concurrently; progress goes to stderr
         print(f"[{index}/{len(clusters)}] scanning {cluster} …", file=sys.stderr, flush=True)
     report = review.doctor(reader, policy, clusters)
@@ -179,7 +253,8 @@ def _doctor_table(services: list[ServiceDiagnosis]) -> str:
     return "\n".join([*lines, *(["", *details] if details else [])])
 
 
-def _plan(args: argparse.Namespace, reader: PassReader, policy: Policy) -> int:
+def _plan(args: argparse.Namespace) -> int:
+    reader, policy, _ = _read_only_fleet(args)
     result = review.plan(reader, policy)
     plan = review.plan_report(result)
     if args.json:
@@ -203,6 +278,32 @@ def _plan(args: argparse.Namespace, reader: PassReader, policy: Policy) -> int:
         if not any(plan.values()):
             print("nothing to do")
     return 2 if result.skipped_clusters else 0
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    """Not read-only: plain clients, so it can invoke the function and delete what it handled."""
+    try:
+        session = boto3.Session(profile_name=args.profile, region_name=args.region)
+        queue_url, function_name = redrive.resolve_target(
+            session.client("cloudformation"),
+            stack_name=args.stack_name,
+            queue_url=args.queue_url,
+            function_name=args.function_name,
+        )
+        queue = redrive.SqsDeadLetterQueue(
+            session.client("sqs"),
+            queue_url,
+            visibility_timeout=args.visibility_timeout,
+            wait_seconds=redrive.WAIT_SECONDS,
+        )
+        deliver = redrive.LambdaDelivery(session.client("lambda", config=redrive.LAMBDA_CONFIG), function_name)
+        print(f"{'Dry run: ' if args.dry_run else ''}redriving {queue_url}\n  through {function_name}")
+        summary = redrive.redrive(queue, deliver, max_messages=args.max_messages, dry_run=args.dry_run)
+    except (redrive.SetupError, BotoCoreError, ClientError) as exc:
+        print(f"cloudmap-reactor redrive: {exc}", file=sys.stderr)
+        return 2
+    print(summary.line(dry_run=args.dry_run))
+    return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":

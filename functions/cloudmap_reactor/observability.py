@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
+from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer, single_metric
 from aws_lambda_powertools.metrics import MetricUnit
@@ -49,7 +50,8 @@ def traced_phase(name: str) -> Iterator[Callable[[str, int], None]]:
 
         def annotate(key: str, value: int) -> None:
             if subsegment is not None:  # None when tracing is off or there is no segment
-                subsegment.put_annotation(key, value)
+                number: Any = value  # the SDK's stub says numbers.Number, which mypy cannot match
+                subsegment.put_annotation(key, number)
 
         yield annotate
 

@@ -19,7 +19,7 @@ from cloudmap_reactor.adapters.rate_limit import TokenBucket
 from cloudmap_reactor.config import Policy
 from cloudmap_reactor.core.http_checks import HttpChecks
 from cloudmap_reactor.core.service_cache import CachedServiceLookup
-from cloudmap_reactor.observability import logger
+from cloudmap_reactor.observability import logger, traced_phase
 from cloudmap_reactor.poller.acting import Actor
 from cloudmap_reactor.poller.reading import PassReader
 from cloudmap_reactor.poller.scanner import HealthScanner
@@ -46,7 +46,7 @@ class PollerDeps:
     def new_scanner(self) -> HealthScanner:
         """A scanner for one invocation: what it remembers lasts that long."""
         http = HttpChecks(self.prober) if self.prober is not None else None
-        return HealthScanner(reader=self.reader, policy=self.policy, actor=self.actor, http=http)
+        return HealthScanner(reader=self.reader, policy=self.policy, actor=self.actor, http=http, phase=traced_phase)
 
 
 @cache

@@ -12,6 +12,8 @@ A ``HealthScanner`` lives for one invocation (its memory lasts that long). A pas
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 from cloudmap_reactor.adapters.deadline import aws_deadline
@@ -23,12 +25,19 @@ from cloudmap_reactor.core.model import Deregistration, EcsService
 from cloudmap_reactor.core.ports import AwsCallFailed
 from cloudmap_reactor.core.probing import ProbeResult, ProbeTarget
 from cloudmap_reactor.core.start_order import StaleClient
-from cloudmap_reactor.observability import traced_phase
 from cloudmap_reactor.poller.acting import Actor, Redeployment
 from cloudmap_reactor.poller.memory import InvocationMemory
 from cloudmap_reactor.poller.reading import ALL_SERVICES, ClusterRead, ClusterSkipped, PassReader, ServiceReadFailure
 
 ALL_CLUSTERS = "*"
+Annotate = Callable[[str, int], None]
+Phase = Callable[[str], AbstractContextManager[Annotate]]
+
+
+@contextmanager
+def untraced(_: str) -> Iterator[Annotate]:
+    """The phase wrapper of ``plan`` and tests: no tracing (the functions pass ``observability.traced_phase``)."""
+    yield lambda key, value: None
 
 
 @dataclass(slots=True)
@@ -75,8 +84,15 @@ class HealthScanner:
     """Runs the passes of one invocation (``actor`` None: decide only, as ``plan`` does)."""
 
     def __init__(
-        self, *, reader: PassReader, policy: Policy, actor: Actor | None, http: HttpChecks | None = None
+        self,
+        *,
+        reader: PassReader,
+        policy: Policy,
+        actor: Actor | None,
+        http: HttpChecks | None = None,
+        phase: Phase = untraced,
     ) -> None:
+        self._phase = phase
         self._reader = reader
         self._policy = policy
         self._actor = actor
@@ -87,7 +103,7 @@ class HealthScanner:
         """One pass over every cluster in scope; ``deadline`` (monotonic) bounds every AWS call in it."""
         self.memory.next_pass()
         result = HealthPassResult()
-        with traced_phase("read") as annotate:
+        with self._phase("read") as annotate:
             try:
                 with aws_deadline(deadline):
                     clusters = self._reader.clusters(self.memory)
@@ -103,10 +119,10 @@ class HealthScanner:
                     _count_read(read, result)
             annotate("clusters", result.clusters_scanned)
             annotate("tasks", result.tasks_examined)
-        with traced_phase("probe") as annotate:
+        with self._phase("probe") as annotate:
             failures = self._probe(reads, result)
             annotate("probes", len(result.probes))
-        with traced_phase("decide and act") as annotate:
+        with self._phase("decide and act") as annotate:
             for read in reads:
                 self._decide_and_act(read, failures, deadline, result)
             annotate("actions", len(result.decision.actions))

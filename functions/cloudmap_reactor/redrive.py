@@ -11,22 +11,23 @@ A message is deleted only after its invocation succeeded. Failed messages, bodie
 JSON object and everything a dry run looked at stay in the queue: they are made visible again
 when the run ends, so the queue holds exactly what still needs attention.
 
-    python -m devtools.redrive --stack-name cloudmap-reactor [--region R] [--profile P]
-        [--max-messages N] [--dry-run]
+Unlike doctor and plan, this writes (SQS DeleteMessage and ChangeMessageVisibility, Lambda
+Invoke), so its clients are plain ones, not the read-only clients of ``cli``. The command line
+(``cloudmap-reactor redrive``) is in ``cli``:
+
+    cloudmap-reactor redrive --stack-name cloudmap-reactor [--region R] [--profile P]
+        [--max-messages N] [--visibility-timeout S] [--dry-run]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudformation import CloudFormationClient
@@ -369,62 +370,3 @@ def resolve_target(
         missing = [QUEUE_URL_OUTPUT] * (not found_queue) + [FUNCTION_OUTPUT] * (not found_function)
         raise SetupError(f"stack {stack_name} has no output {' or '.join(missing)}")
     return found_queue, found_function
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m devtools.redrive",
-        description="Replay the cloudmap-reactor dead-letter queue through TaskStateReactorFunction.",
-    )
-    parser.add_argument("--stack-name", help="stack whose outputs name the queue and the function")
-    parser.add_argument("--region", help="AWS region (default: the profile's or the environment's)")
-    parser.add_argument("--profile", help="AWS named profile")
-    parser.add_argument("--queue-url", help=f"dead-letter queue URL (default: the stack's {QUEUE_URL_OUTPUT})")
-    parser.add_argument("--function-name", help=f"function name or ARN (default: the stack's {FUNCTION_OUTPUT})")
-    parser.add_argument("--max-messages", type=_positive, help="replay at most this many messages (default: all)")
-    parser.add_argument(
-        "--visibility-timeout",
-        type=_positive,
-        default=DEFAULT_VISIBILITY_TIMEOUT,
-        help=f"seconds received messages stay hidden while being replayed (default: {DEFAULT_VISIBILITY_TIMEOUT}, "
-        f"at least {MIN_VISIBILITY_TIMEOUT})",
-    )
-    parser.add_argument("--dry-run", action="store_true", help="only list what would be replayed")
-    return parser
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """0: nothing failed; 1: some messages failed and are still in the queue; 2: could not start or finish."""
-    args = _parser().parse_args(argv)
-    if args.visibility_timeout < MIN_VISIBILITY_TIMEOUT:
-        _parser().error(f"--visibility-timeout must be at least {MIN_VISIBILITY_TIMEOUT}")
-    try:
-        session = boto3.Session(profile_name=args.profile, region_name=args.region)
-        queue_url, function_name = resolve_target(
-            session.client("cloudformation"),
-            stack_name=args.stack_name,
-            queue_url=args.queue_url,
-            function_name=args.function_name,
-        )
-        queue = SqsDeadLetterQueue(
-            session.client("sqs"), queue_url, visibility_timeout=args.visibility_timeout, wait_seconds=WAIT_SECONDS
-        )
-        deliver = LambdaDelivery(session.client("lambda", config=LAMBDA_CONFIG), function_name)
-        print(f"{'Dry run: ' if args.dry_run else ''}redriving {queue_url}\n  through {function_name}")
-        summary = redrive(queue, deliver, max_messages=args.max_messages, dry_run=args.dry_run)
-    except (SetupError, BotoCoreError, ClientError) as exc:
-        print(f"redrive: {exc}", file=sys.stderr)
-        return 2
-    print(summary.line(dry_run=args.dry_run))
-    return 1 if summary.failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
