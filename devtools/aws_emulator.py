@@ -162,13 +162,15 @@ class FleetBuilder:
         *,
         discovery_names: Sequence[str] = (),
         registry_names: Sequence[str] = (),
+        shared_registry_ids: Sequence[str] = (),
         namespace: str = "internal",
         tags: dict[str, str] | None = None,
         service_connect: bool | None = None,
     ) -> SeededService:
         """An ECS service. ``discovery_names``: Service Connect on, one Cloud Map service each.
 
-        ``registry_names``: classic service discovery (``serviceRegistries``), one Cloud Map service each.
+        ``registry_names``: classic service discovery (``serviceRegistries``), one Cloud Map service each;
+        ``shared_registry_ids``: existing Cloud Map services to register in too (blue/green services share one).
         ``service_connect=True`` without discovery names: a Service Connect client only (say, WordPress).
         """
         family = f"{name}-td"
@@ -177,6 +179,7 @@ class FleetBuilder:
             containerDefinitions=[{"name": "app", "image": "public.ecr.aws/nginx/nginx:latest", "memory": 128}],
         )
         registry_ids = [self.create_cloudmap_service(namespace, registry) for registry in registry_names]
+        registry_ids += list(shared_registry_ids)
         arn = self.ecs.create_service(
             cluster=cluster,
             serviceName=name,

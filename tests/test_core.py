@@ -44,7 +44,7 @@ def decide(
         sid: {t.task_id: {} for t in tasks if t.task_id not in {r.task_id for r in removed}}
         for sid in ORDERS.cloudmap_service_ids
     }
-    snapshot = ClusterSnapshot(CLUSTER, {"orders": ORDERS}, tuple(tasks), instances)
+    snapshot = ClusterSnapshot(CLUSTER, {"orders": ORDERS}, tuple(tasks), instances, fresh=frozenset(instances))
     memory = Memory(removed=frozenset((sid, t.task_id) for t in removed for sid in ORDERS.cloudmap_service_ids))
     return decide_cluster(snapshot, memory, Policy(min_healthy_percent=min_percent, dry_run=dry_run))
 
@@ -105,7 +105,7 @@ def test_the_guard_counts_what_is_registered_not_what_runs() -> None:
     instances: dict[str, dict[str, dict[str, str]]] = {
         sid: {tasks[0].task_id: {}, tasks[1].task_id: {}} for sid in ORDERS.cloudmap_service_ids
     }
-    snapshot = ClusterSnapshot(CLUSTER, {"orders": ORDERS}, tuple(tasks), instances)
+    snapshot = ClusterSnapshot(CLUSTER, {"orders": ORDERS}, tuple(tasks), instances, fresh=frozenset(instances))
     decision = decide_cluster(snapshot, Memory(), Policy())
     assert not decision.actions
     assert {(v.healthy_registered, v.required) for v in decision.fail_open} == {(1, 2)}
@@ -125,7 +125,9 @@ def test_two_ecs_services_sharing_one_cloudmap_service_are_guarded_together() ->
     tasks = [task(1, "UNHEALTHY", group="service:blue"), task(2, "UNHEALTHY", group="service:blue")]
     tasks += [task(3, "UNHEALTHY", group="service:green"), task(4, "HEALTHY", group="service:green")]
     instances: dict[str, dict[str, dict[str, str]]] = {"srv-a": {t.task_id: {} for t in tasks}}
-    snapshot = ClusterSnapshot(CLUSTER, {"blue": blue, "green": green}, tuple(tasks), instances)
+    snapshot = ClusterSnapshot(
+        CLUSTER, {"blue": blue, "green": green}, tuple(tasks), instances, fresh=frozenset(instances)
+    )
     decision = decide_cluster(snapshot, Memory(), Policy())
     assert not decision.actions  # per ECS service, blue alone would have looked "all unhealthy" and green 50 %
     assert [(v.service_names, v.running, v.healthy_registered) for v in decision.fail_open] == [
@@ -224,3 +226,30 @@ def test_cache_answers_within_its_ttl_and_asks_again_after() -> None:
     assert directory.calls == 3
     assert cache.get("arn:aws:ecs:us-east-1:123456789012:cluster/other", "orders") == ORDERS
     assert directory.calls == 4
+
+
+@pytest.mark.parametrize(
+    ("ecs_unhealthy", "probe_failing", "removed", "fail_open"),
+    [
+        ([], [0], [0], False),  # 3 of 4 stay
+        ([], [0, 1], [0, 1], False),  # exactly 50 %
+        ([], [0, 1, 2], [], True),
+        ([0], [1, 2], [], True),  # ECS health and probes count together
+        ([0], [0], [0], False),  # both at once: one task
+    ],
+)
+def test_fail_open_applies_to_probe_failures_as_to_ecs_health(
+    ecs_unhealthy: list[int], probe_failing: list[int], removed: list[int], fail_open: bool
+) -> None:
+    web = EcsService(CLUSTER, "orders", f"{CLUSTER}/orders", frozenset({"srv-a"}))
+    tasks = [task(n, "UNHEALTHY" if n in ecs_unhealthy else "UNKNOWN") for n in range(4)]
+    instances: dict[str, dict[str, dict[str, str]]] = {"srv-a": {t.task_id: {} for t in tasks}}
+    failures = {("srv-a", tasks[n].task_id): 3 for n in probe_failing}
+    snapshot = ClusterSnapshot(
+        CLUSTER, {"orders": web}, tuple(tasks), instances, probe_failures=failures, fresh=frozenset(instances)
+    )
+    decision = decide_cluster(snapshot, Memory(), Policy(probe_failure_threshold=3))
+    assert sorted(removed_tasks(decision)) == sorted(tasks[n].task_arn for n in removed)
+    assert bool(decision.fail_open) is fail_open
+    reasons = {a.reason for a in decision.actions if isinstance(a, Deregister)}
+    assert reasons <= {Reason.UNHEALTHY, Reason.PROBE_FAILED}

@@ -95,6 +95,7 @@ def doctor(reader: PassReader, policy: Policy, clusters: list[str]) -> DoctorRep
         if isinstance(read, ClusterSkipped):
             report.skipped.append(read)
             continue
+        read.fresh.update(read.instances)  # nothing acts on it: every listing is as fresh as it gets
         snapshot = scanner.snapshot(read, {})
         decision = decide_cluster(snapshot, memory.for_decisions(), policy)
         report.diagnosis.services.extend(diagnose_cluster(snapshot, decision, policy))

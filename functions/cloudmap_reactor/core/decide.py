@@ -12,8 +12,9 @@ read. The rules, in the order a reader meets them:
 * The fail-open guard, per Cloud Map service (traffic is per Cloud Map service, and two ECS
   services can share one): health removals happen only if, after all of them, at least
   ``min_healthy_percent`` of the running tasks registered in it (rounded up, never fewer than one)
-  stay registered and healthy; otherwise none of them happens. It counts what is registered, so
-  instances taken out earlier (by us or the reactor) or never registered are not capacity.
+  stay registered and healthy; otherwise none of them happens. It counts what is registered,
+  listed right before acting, so instances taken out earlier or meanwhile (by us or the reactor)
+  or never registered are not capacity.
 * Reconciliation: an instance whose task ECS is stopping or has stopped leaves (``Rule.RECONCILE``);
   one whose id matches no task ECS knows is only counted (an orphan), never removed.
 * Start order: at most one stale client per cluster and pass is redeployed (``Rule.START_ORDER``).
@@ -158,8 +159,8 @@ def _guarded(
         pending = [c for c in candidates if c.key not in memory.removed]
         if not pending:
             continue  # taken out earlier in this invocation
-        if sid not in snapshot.instances:
-            decision.needs_listing.add(sid)  # the guard judges what is registered: read it first
+        if sid not in snapshot.fresh:
+            decision.needs_listing.add(sid)  # the guard judges what is registered now: read it first
             continue
         registered = set(snapshot.instances[sid]) - {iid for s, iid in memory.removed if s == sid}
         owners = sorted(n for n, s in snapshot.services.items() if sid in s.cloudmap_service_ids)

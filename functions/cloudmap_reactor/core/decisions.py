@@ -131,6 +131,9 @@ class ClusterSnapshot:
     departed: Mapping[str, TaskSnapshot] = field(default_factory=dict)
     endpoints_created: Mapping[str, datetime] = field(default_factory=dict)
     probe_failures: Mapping[InstanceKey, int] = field(default_factory=dict)
+    # Cloud Map services listed right before acting: the only listings the guard trusts (a removal
+    # by the reactor since the pass began is then counted).
+    fresh: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,7 @@ class ClusterRead:
     departed: dict[str, TaskSnapshot] = field(default_factory=dict)
     checks: dict[str, HttpCheck] = field(default_factory=dict)  # service name -> its HTTP check
     failures: list[ServiceReadFailure] = field(default_factory=list)
+    fresh: set[str] = field(default_factory=set)  # listed for the guard, right before acting
     probe_problems: list[ProbeProblem] = field(default_factory=list)
     services_described: int = 0
 

@@ -159,6 +159,7 @@ class HealthScanner:
                 for sid, error in failed.items()
             )
             read.instances.update(listed)
+            read.fresh.update(listed)
             decision = decide_cluster(self.snapshot(read, failures), self.memory.for_decisions(), self._policy)
             decision.needs_listing.clear()  # what still could not be listed is reported above, not guessed
         result.decision.merge(decision)
@@ -187,6 +188,7 @@ class HealthScanner:
             departed=read.departed,
             endpoints_created=dict(self.memory.created),
             probe_failures=failures,
+            fresh=frozenset(read.fresh),
         )
 
 
