@@ -102,3 +102,42 @@ def test_malformed_event_is_counted_and_dropped(
     warning = next(r for r in output.logs if r["message"] == "Dropping invalid event")
     assert warning["validation_error"]
     assert len(warning["validation_error"]) <= 1000
+
+
+@pytest.mark.parametrize(
+    ("mutation", "says"),
+    [
+        (_set("account", "210987654321"), "account"),
+        (_set("region", "eu-west-1"), "region"),
+    ],
+)
+def test_an_event_from_another_account_or_region_is_refused_and_counted(
+    aws: FleetBuilder, lambda_context: FakeLambdaContext, read_output: Any, mutation: Mutation, says: str
+) -> None:
+    """A forwarded or replayed event from elsewhere names a cluster this function does not look after."""
+    aws.create_cluster("prod")
+    orders = aws.create_service("prod", "orders", discovery_names=["orders"])
+    arns = aws.start_tasks(orders, 2)
+    event = mutation(task_event(arns[0], orders.cluster_arn, group="service:orders"))
+
+    assert task_state_change.lambda_handler(event, lambda_context) == {"status": "invalid"}
+
+    assert len(aws.instance_ids(orders.cloudmap_service_ids[0])) == 2
+    output = read_output()
+    assert output.metrics.value("InvalidEvents") == 1
+    dropped = next(r for r in output.logs if r["message"] == "Dropping invalid event")
+    assert says in dropped["validation_error"]
+
+
+def test_an_event_for_a_function_in_another_account_is_refused(aws: FleetBuilder, read_output: Any) -> None:
+    aws.create_cluster("prod")
+    orders = aws.create_service("prod", "orders", discovery_names=["orders"])
+    arns = aws.start_tasks(orders, 2)
+    elsewhere = FakeLambdaContext(invoked_function_arn="arn:aws:lambda:us-east-1:210987654321:function:reactor")
+
+    result = task_state_change.lambda_handler(
+        task_event(arns[0], orders.cluster_arn, group="service:orders"), elsewhere
+    )
+
+    assert result == {"status": "invalid"}
+    assert len(aws.instance_ids(orders.cloudmap_service_ids[0])) == 2

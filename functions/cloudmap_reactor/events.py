@@ -57,8 +57,14 @@ class TaskStateChange:
         return service_name_from_group(self.group)
 
 
-def parse_task_state_change(raw: Any) -> TaskStateChange:
-    """Validate an EventBridge event from ECS about a task; raise ``InvalidEvent`` naming the first problem."""
+def parse_task_state_change(
+    raw: Any, *, own_account: str | None = None, own_region: str | None = None
+) -> TaskStateChange:
+    """Validate an EventBridge event from ECS about a task; raise ``InvalidEvent`` naming the first problem.
+
+    ``own_account``/``own_region``: the function's; an event (envelope or cluster) from anywhere
+    else is refused, whatever else it says (a replayed or forwarded event is not ours to act on).
+    """
     if not isinstance(raw, dict):
         raise InvalidEvent(f"event: expected a JSON object, got {type(raw).__name__}")
     event = EventBridgeEvent(raw)
@@ -87,7 +93,18 @@ def parse_task_state_change(raw: Any) -> TaskStateChange:
         stop_code=_text(detail, "stopCode", max_length=64, where="detail.", required=False),
     )
     _check_consistency(change)
+    _check_origin(raw, change, own_account, own_region)
     return change
+
+
+def _check_origin(raw: dict[str, Any], change: TaskStateChange, account: str | None, region: str | None) -> None:
+    _, _, _, cluster_region, cluster_account = change.cluster_arn.split(":cluster/", 1)[0].split(":")
+    if (raw["account"], raw["region"]) != (cluster_account, cluster_region):
+        raise InvalidEvent("detail.clusterArn: names another account or region than the event's account and region")
+    if account is not None and raw["account"] != account:
+        raise InvalidEvent(f"account: the event is from account {_show(raw['account'])}, not this function's")
+    if region is not None and raw["region"] != region:
+        raise InvalidEvent(f"region: the event is from {_show(raw['region'])}, not this function's region {region}")
 
 
 def _check_consistency(change: TaskStateChange) -> None:

@@ -31,8 +31,9 @@ class DeregistrationFailed(RuntimeError):
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     deps = wiring.reactor_deps()
+    _, _, _, region, account, *_ = context.invoked_function_arn.split(":")
     try:
-        task = parse_task_state_change(event)
+        task = parse_task_state_change(event, own_account=account, own_region=region)
     except InvalidEvent as exc:
         logger.warning("Dropping invalid event", extra={"validation_error": str(exc)})
         count(MetricName.INVALID_EVENTS)
