@@ -191,3 +191,31 @@ def test_poller_isolates_a_failing_cloudmap_service_and_finishes_the_pass(
     assert output.metrics.value("HealthScanCompleted") == 1
     failure = next(r for r in output.logs if r["message"].startswith("Could not reconcile"))
     assert failure["ecs_service"] == "orders"
+
+
+def test_no_heartbeat_for_a_pass_that_could_not_read_cloud_map(
+    aws: FleetBuilder, orders: SeededService, lambda_context: FakeLambdaContext, read_output: Any, mocker: Any
+) -> None:
+    """ListInstances denied everywhere: the pass checked nothing that Cloud Map holds, so no 'pass done'."""
+    from botocore.awsrequest import AWSResponse
+
+    from cloudmap_reactor.adapters.clients import cloudmap_client
+    from cloudmap_reactor.handlers import health_poller
+    from tests.conftest import load_event
+
+    def denied(**_: Any) -> tuple[AWSResponse, dict[str, Any]]:  # as IAM answers, for the function's client only
+        error = {"Code": "AccessDeniedException", "Message": "not authorized to perform servicediscovery:ListInstances"}
+        return AWSResponse("https://servicediscovery", 400, {}, None), {
+            "Error": error,
+            "ResponseMetadata": {"HTTPStatusCode": 400},
+        }
+
+    cloudmap_client().meta.events.register("before-call.servicediscovery.ListInstances", denied)
+    aws.set_health(orders.task_arns[0], "UNHEALTHY")
+
+    health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
+
+    output = read_output()
+    assert output.metrics.value("HealthScanCompleted") == 0
+    assert len(aws.instance_ids(orders.cloudmap_service_ids[0])) == 2  # the guard could not count: nothing left
+    assert "Health scan pass incomplete" in output.messages("INFO")

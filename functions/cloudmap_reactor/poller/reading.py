@@ -64,6 +64,8 @@ class ClusterRead:
     checks: dict[str, HttpCheck] = field(default_factory=dict)  # service name -> its HTTP check
     failures: list[ServiceReadFailure] = field(default_factory=list)
     fresh: set[str] = field(default_factory=set)  # listed for the guard, right before acting
+    listings: int = 0  # Cloud Map services whose instances were listed
+    listings_failed: int = 0
     probe_problems: list[ProbeProblem] = field(default_factory=list)
     services_described: int = 0
 
@@ -177,6 +179,8 @@ class PassReader:
     def _list_for(self, read: ClusterRead, services: Iterable[EcsService]) -> None:
         wanted = {sid: s.service_name for s in services for sid in s.cloudmap_service_ids}
         listed, failed = self.list_instances(wanted)
+        read.listings += len(listed) + len(failed)
+        read.listings_failed += len(failed)
         read.instances.update(listed)
         read.failures.extend(ServiceReadFailure(read.cluster_arn, wanted[sid], error) for sid, error in failed.items())
 

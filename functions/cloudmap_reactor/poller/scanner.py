@@ -57,6 +57,8 @@ class HealthPassResult:
     probes: list[ProbeResult] = field(default_factory=list)
     failed_probes: list[FailedProbe] = field(default_factory=list)
     probe_problems: list[ProbeProblem] = field(default_factory=list)
+    listings: int = 0
+    listings_failed: int = 0
 
     @property
     def unhealthy(self) -> list[UnhealthyTask]:
@@ -76,8 +78,13 @@ class HealthPassResult:
 
     @property
     def complete(self) -> bool:
-        """Every in-scope cluster was read: only then is the heartbeat emitted."""
-        return not self.skipped_clusters
+        """Every in-scope cluster was read, and Cloud Map could be read: only then is the heartbeat emitted.
+
+        A pass whose every instance listing failed (ListInstances denied, say) checked nothing that
+        depends on Cloud Map, so it does not count as done, even though its ECS reads worked.
+        """
+        cloudmap_unreadable = self.listings > 0 and self.listings_failed == self.listings
+        return not self.skipped_clusters and not cloudmap_unreadable
 
 
 class HealthScanner:
@@ -153,6 +160,8 @@ class HealthScanner:
         if decision.needs_listing:
             with aws_deadline(deadline):
                 listed, failed = self._reader.list_instances(decision.needs_listing)
+            result.listings += len(listed) + len(failed)
+            result.listings_failed += len(failed)
             owners = {sid: s.service_name for s in read.managed.values() for sid in s.cloudmap_service_ids}
             result.read_failures.extend(
                 ServiceReadFailure(read.cluster_arn, owners.get(sid, ALL_SERVICES), error)
@@ -196,6 +205,8 @@ def _count_read(read: ClusterRead, result: HealthPassResult) -> None:
     result.clusters_scanned += 1
     result.services_described += read.services_described
     result.tasks_examined += len(read.tasks)
+    result.listings += read.listings
+    result.listings_failed += read.listings_failed
     result.read_failures.extend(read.failures)
     result.probe_problems.extend(read.probe_problems)
     if read.managed:
