@@ -197,7 +197,7 @@ def test_no_heartbeat_for_a_pass_that_could_not_read_cloud_map(
     aws: FleetBuilder, orders: SeededService, lambda_context: FakeLambdaContext, read_output: Any, mocker: Any
 ) -> None:
     """ListInstances denied everywhere: the pass checked nothing that Cloud Map holds, so no 'pass done'."""
-    from botocore.awsrequest import AWSResponse
+    from botocore.awsrequest import AWSResponse, HTTPHeaders
 
     from cloudmap_reactor.adapters.clients import cloudmap_client
     from cloudmap_reactor.handlers import health_poller
@@ -205,12 +205,13 @@ def test_no_heartbeat_for_a_pass_that_could_not_read_cloud_map(
 
     def denied(**_: Any) -> tuple[AWSResponse, dict[str, Any]]:  # as IAM answers, for the function's client only
         error = {"Code": "AccessDeniedException", "Message": "not authorized to perform servicediscovery:ListInstances"}
-        return AWSResponse("https://servicediscovery", 400, {}, None), {
+        return AWSResponse("https://servicediscovery", 400, HTTPHeaders(), None), {
             "Error": error,
             "ResponseMetadata": {"HTTPStatusCode": 400},
         }
 
-    cloudmap_client().meta.events.register("before-call.servicediscovery.ListInstances", denied)
+    hook: Any = denied  # a before-call handler that answers instead of AWS
+    cloudmap_client().meta.events.register("before-call.servicediscovery.ListInstances", hook)
     aws.set_health(orders.task_arns[0], "UNHEALTHY")
 
     health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
