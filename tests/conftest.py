@@ -170,6 +170,19 @@ def fake_time(mocker: Any) -> FakeTime:
     return fake
 
 
+def task_ids(*arns: str) -> set[str]:
+    """Cloud Map instance ids of tasks (the task id is the last segment of either ARN format)."""
+    return {arn.rsplit("/", 1)[-1] for arn in arns}
+
+
+def poll(context: FakeLambdaContext) -> dict[str, Any]:
+    """One scheduled invocation of the health poller, with the event EventBridge Scheduler sends."""
+    from cloudmap_reactor.handlers import health_poller
+
+    result: dict[str, Any] = health_poller.lambda_handler(load_event("scheduled-poll.json"), context)
+    return result
+
+
 def load_event(name: str) -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads((EVENTS_DIR / name).read_text())
     return loaded

@@ -12,21 +12,11 @@ from typing import Any
 import pytest
 
 from cloudmap_reactor.adapters.clients import ecs_client
-from cloudmap_reactor.handlers import health_poller, task_state_change
-from devtools.aws_emulator import FleetBuilder, SeededService
+from cloudmap_reactor.handlers import task_state_change
+from devtools.aws_emulator import FleetBuilder
 from devtools.http_targets import Behaviour, LocalHttpTargets, local_http_targets
 from devtools.local_lambda import FakeLambdaContext
-from tests.conftest import load_event, task_event
-
-
-def poll(context: FakeLambdaContext) -> dict[str, Any]:
-    """One poller invocation (one pass): a new scanner, with nothing remembered from the last one."""
-    result: dict[str, Any] = health_poller.lambda_handler(load_event("scheduled-poll.json"), context)
-    return result
-
-
-def task_id(arn: str) -> str:
-    return arn.rsplit("/", 1)[-1]
+from tests.conftest import poll, task_event, task_ids
 
 
 @pytest.fixture
@@ -58,7 +48,7 @@ def test_probe_failures_one_invocation_after_another_never_empty_the_service(
         registered_after.append(len(aws.instance_ids(sid)))
 
     assert registered_after == [3, 2, 2]  # the third would leave 1 of 4 running tasks: held
-    assert aws.instance_ids(sid) == {task_id(a) for a in service.task_arns[2:]}
+    assert aws.instance_ids(sid) == task_ids(*service.task_arns[2:])
 
 
 def test_tasks_whose_instance_is_already_gone_are_not_counted_as_serving(
@@ -72,12 +62,12 @@ def test_tasks_whose_instance_is_already_gone_are_not_counted_as_serving(
     for arn in arns:
         aws.set_health(arn, "HEALTHY")
     for arn in arns[:2]:
-        aws.cloudmap.deregister_instance(ServiceId=sid, InstanceId=task_id(arn))
+        aws.cloudmap.deregister_instance(ServiceId=sid, InstanceId=task_ids(arn).pop())
     aws.set_health(arns[2], "UNHEALTHY")
 
     poll(lambda_context)
 
-    assert aws.instance_ids(sid) == {task_id(arns[2]), task_id(arns[3])}
+    assert aws.instance_ids(sid) == task_ids(arns[2], arns[3])
 
 
 def test_two_ecs_services_sharing_one_cloudmap_service_are_guarded_as_one(
@@ -100,11 +90,7 @@ def test_two_ecs_services_sharing_one_cloudmap_service_are_guarded_as_one(
 
     aws.set_health(green.task_arns[2], "UNHEALTHY")  # now 2 of 6 would stay: below 50 %
     poll(lambda_context)
-    assert aws.instance_ids(sid) == {
-        task_id(blue.task_arns[1]),
-        task_id(green.task_arns[2]),
-        task_id(green.task_arns[3]),
-    }
+    assert aws.instance_ids(sid) == task_ids(blue.task_arns[1], *green.task_arns[2:])
 
 
 def test_a_removal_by_the_reactor_during_the_pass_is_counted_before_acting(
@@ -133,8 +119,4 @@ def test_a_removal_by_the_reactor_during_the_pass_is_counted_before_acting(
     assert fired
     # Without the re-read the poller would count the stopping task and take the unhealthy one out,
     # leaving a single instance; with it, 1 of 3 healthy is below 50 % and the guard holds.
-    assert aws.instance_ids(sid) == {task_id(arns[0]), task_id(arns[2])}
-
-
-def seeded(service: SeededService) -> int:
-    return len(service.task_arns)
+    assert aws.instance_ids(sid) == task_ids(arns[0], arns[2])

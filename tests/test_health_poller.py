@@ -12,16 +12,7 @@ from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client
 from cloudmap_reactor.handlers import health_poller
 from devtools.aws_emulator import FleetBuilder, SeededService
 from devtools.local_lambda import FakeLambdaContext
-from tests.conftest import FakeTime, count_calls, load_event
-
-
-def poll(context: FakeLambdaContext) -> dict[str, Any]:
-    result: dict[str, Any] = health_poller.lambda_handler(load_event("scheduled-poll.json"), context)
-    return result
-
-
-def ids(*arns: str) -> set[str]:
-    return {arn.rsplit("/", 1)[-1] for arn in arns}
+from tests.conftest import FakeTime, count_calls, poll, task_ids
 
 
 @pytest.fixture
@@ -45,7 +36,7 @@ def test_one_pass_removes_unhealthy_running_tasks_only(
 
     assert result["status"] == "completed"
     for sid in orders.cloudmap_service_ids:
-        assert aws.instance_ids(sid) == ids(unknown, *healthy)
+        assert aws.instance_ids(sid) == task_ids(unknown, *healthy)
     output = read_output()
     assert output.metrics.value("TasksDeregistered", Reason="Unhealthy") == 2
     assert output.metrics.value("UnhealthyTasksFound") == 1
@@ -62,7 +53,7 @@ def test_a_task_ecs_is_stopping_is_not_unhealthy_business_but_reconciliation_rem
 
     poll(lambda_context)
 
-    assert aws.instance_ids(orders.cloudmap_service_ids[0]) == ids(*orders.task_arns[1:])
+    assert aws.instance_ids(orders.cloudmap_service_ids[0]) == task_ids(*orders.task_arns[1:])
     output = read_output()
     assert output.metrics.value("UnhealthyTasksFound") == 0
     assert output.metrics.value("TasksDeregistered", Reason="Reconciled") == 2
@@ -78,7 +69,7 @@ def test_without_reconciliation_a_stopping_task_is_left_to_the_reactor(
 
     poll(lambda_context)
 
-    assert aws.instance_ids(orders.cloudmap_service_ids[0]) == ids(*orders.task_arns)
+    assert aws.instance_ids(orders.cloudmap_service_ids[0]) == task_ids(*orders.task_arns)
 
 
 def test_services_without_service_connect_and_standalone_tasks_are_ignored(
@@ -92,7 +83,7 @@ def test_services_without_service_connect_and_standalone_tasks_are_ignored(
 
     poll(lambda_context)
 
-    assert aws.instance_ids(orders.cloudmap_service_ids[0]) == ids(*orders.task_arns)
+    assert aws.instance_ids(orders.cloudmap_service_ids[0]) == task_ids(*orders.task_arns)
     output = read_output()
     assert output.metrics.value("UnhealthyTasksFound") == 0
     assert output.metrics.value("TasksDeregistered") == 0
@@ -111,7 +102,7 @@ def test_dry_run_changes_nothing(
     poll(lambda_context)
 
     for sid in orders.cloudmap_service_ids:
-        assert aws.instance_ids(sid) == ids(*orders.task_arns)
+        assert aws.instance_ids(sid) == task_ids(*orders.task_arns)
     output = read_output()
     assert output.metrics.value("DryRunDeregistrations", Reason="Unhealthy") == 2
     assert output.metrics.value("UnhealthyTasksFound") == 1
@@ -133,14 +124,14 @@ def test_scans_every_cluster_by_default_and_only_the_configured_ones_otherwise(
 
     poll(lambda_context)
 
-    assert aws.instance_ids(staging.cloudmap_service_ids[0]) == ids(*staging.task_arns)
+    assert aws.instance_ids(staging.cloudmap_service_ids[0]) == task_ids(*staging.task_arns)
     assert orders.task_arns[0].rsplit("/", 1)[-1] not in aws.instance_ids(orders.cloudmap_service_ids[0])
 
     env.delenv("CLUSTER_ARNS")
     wiring.reset()
     poll(lambda_context)
 
-    assert aws.instance_ids(staging.cloudmap_service_ids[0]) == ids(staging.task_arns[1])
+    assert aws.instance_ids(staging.cloudmap_service_ids[0]) == task_ids(staging.task_arns[1])
 
 
 def test_first_pass_reads_services_then_each_pass_costs_the_batching_floor(
@@ -201,7 +192,7 @@ def test_a_service_created_between_passes_is_described_once(
     assert result["passes"] >= 2
     assert ecs.counts["ListServices"] == 1
     assert ecs.counts["DescribeServices"] == 2  # orders on the first pass, search when its tasks appeared
-    assert aws.instance_ids(created[0].cloudmap_service_ids[0]) == ids(created[0].task_arns[1])
+    assert aws.instance_ids(created[0].cloudmap_service_ids[0]) == task_ids(created[0].task_arns[1])
 
 
 def test_a_failing_cluster_does_not_stop_the_others_and_withholds_the_heartbeat(

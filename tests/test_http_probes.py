@@ -23,7 +23,7 @@ from cloudmap_reactor.poller.scanner import HealthPassResult, HealthScanner
 from devtools.aws_emulator import FleetBuilder, SeededService
 from devtools.http_targets import Behaviour, LocalHttpTargets, TargetServer, local_http_targets
 from devtools.local_lambda import FakeLambdaContext
-from tests.conftest import FakeTime, count_calls, load_event
+from tests.conftest import FakeTime, count_calls, load_event, task_ids
 
 CONNECT_TIMEOUT = 0.2
 READ_TIMEOUT = 0.3
@@ -62,10 +62,6 @@ def scanner() -> Passes:
     return Passes(wiring.poller_deps().new_scanner())
 
 
-def ids(*arns: str) -> set[str]:
-    return {arn.rsplit("/", 1)[-1] for arn in arns}
-
-
 @pytest.fixture(autouse=True)
 def prod(aws: FleetBuilder) -> str:
     return aws.create_cluster("prod")
@@ -101,11 +97,11 @@ def test_only_the_instance_that_fails_the_threshold_is_deregistered(
 
     for _ in range(2):
         scan.run_pass()
-        assert aws.instance_ids(sid) == ids(*service.task_arns)  # 2 failures: not yet
+        assert aws.instance_ids(sid) == task_ids(*service.task_arns)  # 2 failures: not yet
     third = scan.run_pass()
     fourth = scan.run_pass()
 
-    assert aws.instance_ids(sid) == ids(*healthy_and_flapping)
+    assert aws.instance_ids(sid) == task_ids(*healthy_and_flapping)
     removed = {(d.task_arn, d.reason.value, d.outcome.value) for d in third.deregistrations}
     assert removed == {(arn, "ProbeFailed", "deregistered") for arn in (failing, slow, refused)}
     assert fourth.deregistrations == []
@@ -140,7 +136,7 @@ def test_one_success_resets_the_count(aws: FleetBuilder, http: LocalHttpTargets,
     for _ in range(2):
         scan.run_pass()
 
-    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns)
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == task_ids(*service.task_arns)
     assert scan.run_pass().deregistrations[0].task_arn == service.task_arns[3]  # the third failure in a row
 
 
@@ -153,7 +149,7 @@ def test_fail_open_holds_when_every_instance_fails(
 
     results = [scan.run_pass() for _ in range(4)]
 
-    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns)
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == task_ids(*service.task_arns)
     assert [len(r.fail_open) for r in results] == [0, 0, 1, 1]
     assert (results[2].fail_open[0].failing, results[2].fail_open[0].healthy_registered) == (4, 0)
     assert all(r.deregistrations == [] for r in results)
@@ -172,7 +168,7 @@ def test_fail_open_counts_ecs_health_and_probes_together(
 
     assert [d.task_arn for d in first.deregistrations] == [service.task_arns[0]]  # ECS health, 75 % stay
     assert len(results[-1].fail_open) == 1
-    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns[1:])
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == task_ids(*service.task_arns[1:])
 
 
 def test_timeouts_never_stall_a_pass_beyond_the_bound(
@@ -205,7 +201,7 @@ def test_timeouts_never_stall_a_pass_beyond_the_bound(
     assert probing_took[0] < PASS_BOUND + 0.5  # the bound (1.25 s) and scheduling slack; not 30 s
     verdicts = {p.target.instance_id: p.verdict for p in result.probes}
     assert len(verdicts) == 20
-    stuck, answering = ids(*service.task_arns[:10]), ids(*service.task_arns[10:])
+    stuck, answering = task_ids(*service.task_arns[:10]), task_ids(*service.task_arns[10:])
     assert {verdicts[i] for i in stuck} <= {ProbeVerdict.FAILED, ProbeVerdict.SKIPPED}
     assert {verdicts[i] for i in answering} <= {ProbeVerdict.HEALTHY, ProbeVerdict.SKIPPED}
     failed = [p for p in result.probes if p.verdict is ProbeVerdict.FAILED]
@@ -235,9 +231,11 @@ def test_dry_run_changes_nothing(
     result = poll_for_a_minute(probing, lambda_context)
 
     assert result["passes"] >= 4
-    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns)
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == task_ids(*service.task_arns)
     assert cloudmap.counts["DeregisterInstance"] == 0
-    assert cloudmap.counts["ListInstances"] == result["passes"]  # one Cloud Map service, once per pass
+    # one Cloud Map service: listed once per pass to probe it, and once more right before acting in
+    # the pass that (would have) removed the failing instance, for the fail-open guard
+    assert cloudmap.counts["ListInstances"] == result["passes"] + 1
     output = read_output()
     assert output.metrics.value("DryRunDeregistrations", Reason="ProbeFailed") == 1  # once, not every pass
     assert output.metrics.value("TasksDeregistered") == 0
@@ -257,7 +255,7 @@ def test_handler_reports_probe_metrics_and_logs(
     result = poll_for_a_minute(probing, lambda_context)
 
     passes = result["passes"]
-    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns[:3])
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == task_ids(*service.task_arns[:3])
     output = read_output()
     assert output.metrics.value("TasksDeregistered", Reason="ProbeFailed") == 1
     assert output.metrics.value("ProbeFailures") == 3
@@ -288,7 +286,7 @@ def test_probing_is_off_without_a_vpc_and_says_so_once(
         health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
 
     assert all(not s.requests for s in servers)
-    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns)
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == task_ids(*service.task_arns)
     assert cloudmap.counts["ListInstances"] == 0
     assert sum("HTTP probes are off" in m for m in read_output().messages("INFO")) == 1
 
@@ -311,13 +309,17 @@ def test_only_registered_instances_of_opted_in_in_scope_services_are_contacted(
     assert [len(s.requests) for s in servers] == [4, 4, 0]
     assert not untagged_servers[0].requests
     assert not ignored_servers[0].requests
-    assert aws.instance_ids(untagged.cloudmap_service_ids[0]) == ids(*untagged.task_arns)
-    assert aws.instance_ids(ignored.cloudmap_service_ids[0]) == ids(*ignored.task_arns)
+    assert aws.instance_ids(untagged.cloudmap_service_ids[0]) == task_ids(*untagged.task_arns)
+    assert aws.instance_ids(ignored.cloudmap_service_ids[0]) == task_ids(*ignored.task_arns)
     problems = [p for r in results for p in r.probe_problems]
+    metadata_id = task_ids(metadata).pop()
     assert [(p.instance_id, p.error) for p in problems] == [
-        (ids(metadata).pop(), f"instance {ids(metadata).pop()} has address 169.254.169.254, which is never probed")
+        (
+            metadata_id,
+            f"instance {metadata_id} has address 169.254.169.254, which is never probed",
+        )
     ]
-    assert ids(metadata) <= aws.instance_ids(service.cloudmap_service_ids[0])  # unprobed is not unhealthy
+    assert task_ids(metadata) <= aws.instance_ids(service.cloudmap_service_ids[0])  # unprobed is not unhealthy
 
 
 def test_redirects_are_not_followed_and_the_codes_tag_decides(
@@ -343,8 +345,8 @@ def test_redirects_are_not_followed_and_the_codes_tag_decides(
     for _ in range(3):
         scan.run_pass()
 
-    assert aws.instance_ids(strict.cloudmap_service_ids[0]) == ids(*strict.task_arns[:3])
-    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns)
+    assert aws.instance_ids(strict.cloudmap_service_ids[0]) == task_ids(*strict.task_arns[:3])
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == task_ids(*service.task_arns)
 
 
 def test_a_port_in_the_tag_is_probed_instead_of_the_registered_port(
@@ -362,7 +364,7 @@ def test_a_port_in_the_tag_is_probed_instead_of_the_registered_port(
         scan.run_pass()
 
     assert [r.path for r in admin.requests] == ["/ready"] * 9
-    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns)
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == task_ids(*service.task_arns)
 
 
 def test_a_wrong_tag_is_reported_once_and_nothing_is_probed(
@@ -378,7 +380,7 @@ def test_a_wrong_tag_is_reported_once_and_nothing_is_probed(
     assert [len(r.probe_problems) for r in results] == [1, 0, 0, 0]
     assert "must be a path (/healthz)" in results[0].probe_problems[0].error
     assert all(not s.requests for s in servers)
-    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns)
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == task_ids(*service.task_arns)
 
 
 def test_an_instance_failing_in_one_of_two_cloudmap_services_leaves_only_that_one(
@@ -397,8 +399,8 @@ def test_an_instance_failing_in_one_of_two_cloudmap_services_leaves_only_that_on
     for _ in range(3):
         scan.run_pass()
 
-    assert aws.instance_ids(http_sid) == ids(*arns)
-    assert aws.instance_ids(grpc_sid) == ids(*arns[:3])
+    assert aws.instance_ids(http_sid) == task_ids(*arns)
+    assert aws.instance_ids(grpc_sid) == task_ids(*arns[:3])
 
 
 class FirstFewProber:
@@ -431,19 +433,19 @@ def test_when_a_pass_cannot_probe_everything_failing_instances_go_first_and_none
     failed, so it leaves after exactly 3 passes in a row, and every instance is probed within 4 passes
     (4 + 3 + 3 + 4 slots, one of them held by the failing instance on 2 passes)."""
     service, _ = service_behind(aws, http, [Behaviour.HEALTHY] * 12)
-    failing = ids(service.task_arns[7]).pop()
+    failing = task_ids(service.task_arns[7]).pop()
     deps = wiring.poller_deps()
     prober = FirstFewProber(capacity=4, failing=failing)
     scan = Passes(HealthScanner(reader=deps.reader, policy=deps.policy, actor=deps.actor, http=HttpChecks(prober)))
 
     results = [scan.run_pass() for _ in range(5)]
 
-    assert set().union(*map(set, prober.probed[:4])) == ids(*service.task_arns)
+    assert set().union(*map(set, prober.probed[:4])) == task_ids(*service.task_arns)
     first_failure = next(n for n, probed in enumerate(prober.probed) if failing in probed)
     assert all(failing in probed for probed in prober.probed[first_failure : first_failure + 3])
     removed_on = [n for n, r in enumerate(results) if r.deregistrations]
     assert removed_on == [first_failure + 2]
-    assert aws.instance_ids(service.cloudmap_service_ids[0]) == ids(*service.task_arns) - {failing}
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == task_ids(*service.task_arns) - {failing}
 
 
 def test_a_body_still_trickling_in_after_the_timeout_ends_the_probe_itself(http: LocalHttpTargets) -> None:

@@ -13,7 +13,7 @@ from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client
 from cloudmap_reactor.handlers import task_state_change
 from devtools.aws_emulator import FleetBuilder, SeededService
 from devtools.local_lambda import FakeLambdaContext
-from tests.conftest import load_event, task_event
+from tests.conftest import load_event, task_event, task_ids
 
 Fleet = tuple[SeededService, SeededService]
 
@@ -31,10 +31,6 @@ def fleet(aws: FleetBuilder) -> Fleet:
 
 def registered(aws: FleetBuilder, service: SeededService) -> dict[str, set[str]]:
     return {sid: aws.instance_ids(sid) for sid in service.cloudmap_service_ids}
-
-
-def task_ids(*arns: str) -> set[str]:
-    return {arn.rsplit("/", 1)[-1] for arn in arns}
 
 
 def invoke(event: Any, context: FakeLambdaContext) -> dict[str, Any]:

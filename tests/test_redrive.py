@@ -31,7 +31,7 @@ from cloudmap_reactor.redrive import (
 )
 from devtools.aws_emulator import FleetBuilder, SeededService
 from devtools.local_lambda import FakeLambdaContext
-from tests.conftest import task_event
+from tests.conftest import task_event, task_ids
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -136,10 +136,6 @@ def bodies(sqs: SQSClient, queue_url: str) -> list[str]:
     """Every body left in the queue (received with visibility timeout 0, so nothing is hidden)."""
     response = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0)
     return sorted(m["Body"] for m in response.get("Messages", []))
-
-
-def task_ids(*arns: str) -> set[str]:
-    return {arn.rsplit("/", 1)[-1] for arn in arns}
 
 
 def registered(aws: FleetBuilder, service: SeededService) -> list[set[str]]:

@@ -10,15 +10,10 @@ from typing import Any
 
 import pytest
 
-from cloudmap_reactor.handlers import health_poller, task_state_change
+from cloudmap_reactor.handlers import task_state_change
 from devtools.aws_emulator import FleetBuilder, SeededService
 from devtools.local_lambda import FakeLambdaContext
-from tests.conftest import load_event, task_event
-
-
-def poll(context: FakeLambdaContext) -> dict[str, Any]:
-    result: dict[str, Any] = health_poller.lambda_handler(load_event("scheduled-poll.json"), context)
-    return result
+from tests.conftest import poll, task_event, task_ids
 
 
 def stop(service: SeededService, task_arn: str, context: FakeLambdaContext) -> dict[str, Any]:
@@ -26,10 +21,6 @@ def stop(service: SeededService, task_arn: str, context: FakeLambdaContext) -> d
         task_event(task_arn, service.cluster_arn, group=f"service:{service.name}"), context
     )
     return result
-
-
-def ids(*arns: str) -> set[str]:
-    return {arn.rsplit("/", 1)[-1] for arn in arns}
 
 
 def registered(aws: FleetBuilder, service: SeededService) -> set[str]:
@@ -64,8 +55,8 @@ def test_when_every_task_is_unhealthy_nothing_is_removed_and_fail_open_is_report
 
     poll(lambda_context)
 
-    assert registered(aws, orders) == ids(*orders.task_arns)
-    assert registered(aws, payments) == ids(*payments.task_arns[1:])  # the other service is unaffected
+    assert registered(aws, orders) == task_ids(*orders.task_arns)
+    assert registered(aws, payments) == task_ids(*payments.task_arns[1:])  # the other service is unaffected
     output = read_output()
     assert output.metrics.value("FailOpenActivated") == 1
     assert output.metrics.value("UnhealthyTasksFound") == 5
@@ -91,7 +82,7 @@ def test_min_healthy_percent(
 
     poll(lambda_context)
 
-    assert len(ids(*orders.task_arns) - registered(aws, orders)) == removed
+    assert len(task_ids(*orders.task_arns) - registered(aws, orders)) == removed
 
 
 def test_stopping_tasks_leave_even_when_the_rest_of_the_service_is_unhealthy(
@@ -104,7 +95,7 @@ def test_stopping_tasks_leave_even_when_the_rest_of_the_service_is_unhealthy(
 
     stop(orders, orders.task_arns[0], lambda_context)
 
-    assert registered(aws, orders) == ids(orders.task_arns[1])
+    assert registered(aws, orders) == task_ids(orders.task_arns[1])
 
 
 # -- scope by tag -------------------------------------------------------------------------------
@@ -117,7 +108,7 @@ def test_ignored_service_is_left_alone_by_both_functions(
     assert stop(ignored, ignored.task_arns[1], lambda_context)["status"] == "ignored"
     poll(lambda_context)
 
-    assert registered(aws, ignored) == ids(*ignored.task_arns)
+    assert registered(aws, ignored) == task_ids(*ignored.task_arns)
     assert read_output().metrics.value("TasksDeregistered") == 0
 
 
@@ -134,8 +125,8 @@ def test_opt_in_mode_looks_after_enabled_services_only(
     stop(untagged, untagged.task_arns[1], lambda_context)
     stop(enabled, enabled.task_arns[1], lambda_context)
 
-    assert registered(aws, enabled) == ids(*enabled.task_arns[2:])
-    assert registered(aws, untagged) == ids(*untagged.task_arns)
+    assert registered(aws, enabled) == task_ids(*enabled.task_arns[2:])
+    assert registered(aws, untagged) == task_ids(*untagged.task_arns)
 
 
 # -- classic service discovery ------------------------------------------------------------------
@@ -148,7 +139,7 @@ def test_service_discovery_registries_are_handled_like_service_connect(
     poll(lambda_context)
     stop(classic, classic.task_arns[1], lambda_context)
 
-    assert registered(aws, classic) == ids(*classic.task_arns[2:])
+    assert registered(aws, classic) == task_ids(*classic.task_arns[2:])
     output = read_output()
     assert output.metrics.value("TasksDeregistered", Reason="Unhealthy") == 1
     assert output.metrics.value("TasksDeregistered", Reason="TaskStopping") == 1
@@ -175,11 +166,11 @@ def test_reconciliation_removes_instances_of_stopped_tasks_and_only_counts_unkno
 
     poll(lambda_context)
 
-    assert aws.instance_ids(orders.cloudmap_service_ids[0]) == ids(*orders.task_arns[1:]) | {
+    assert aws.instance_ids(orders.cloudmap_service_ids[0]) == task_ids(*orders.task_arns[1:]) | {
         unknown_task,
         "manual",
     }
-    assert aws.instance_ids(orders.cloudmap_service_ids[1]) == ids(*orders.task_arns[1:]) | {unknown_task}
+    assert aws.instance_ids(orders.cloudmap_service_ids[1]) == task_ids(*orders.task_arns[1:]) | {unknown_task}
     output = read_output()
     assert output.metrics.value("TasksDeregistered", Reason="Reconciled") == 2
     assert output.metrics.value("OrphanInstances") == 3
@@ -200,7 +191,7 @@ def test_dry_run_changes_nothing_anywhere(
     poll(lambda_context)
     stop(orders, orders.task_arns[2], lambda_context)
 
-    assert registered(aws, orders) == ids(*orders.task_arns)
+    assert registered(aws, orders) == task_ids(*orders.task_arns)
     output = read_output()
     assert output.metrics.value("TasksDeregistered") == 0
     for reason in ("Unhealthy", "Reconciled", "TaskStopping"):

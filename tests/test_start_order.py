@@ -14,18 +14,12 @@ import pytest
 from cloudmap_reactor.adapters.clients import ecs_client
 from cloudmap_reactor.core.model import EcsService, TaskSnapshot
 from cloudmap_reactor.core.start_order import choose_redeployment, dependency_endpoints, find_stale
-from cloudmap_reactor.handlers import health_poller
 from devtools.aws_emulator import FleetBuilder, SeededService
 from devtools.local_lambda import FakeLambdaContext
-from tests.conftest import count_calls, load_event
+from tests.conftest import count_calls, poll
 
 AN_HOUR_AGO = datetime.now(UTC) - timedelta(hours=1)
 DEPENDS_ON = "cloudmap-reactor:depends-on"
-
-
-def poll(context: FakeLambdaContext) -> dict[str, Any]:
-    result: dict[str, Any] = health_poller.lambda_handler(load_event("scheduled-poll.json"), context)
-    return result
 
 
 def wordpress(
