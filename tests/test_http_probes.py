@@ -303,9 +303,11 @@ def test_only_registered_instances_of_opted_in_in_scope_services_are_contacted(
     assert aws.instance_ids(untagged.cloudmap_service_ids[0]) == ids(*untagged.task_arns)
     assert aws.instance_ids(ignored.cloudmap_service_ids[0]) == ids(*ignored.task_arns)
     problems = [p for r in results for p in r.probe_problems]
-    assert [(p.instance_id, p.error) for p in problems] == [
-        (ids(metadata).pop(), f"instance {ids(metadata).pop()} has address 169.254.169.254, which is never probed")
-    ]
+    metadata_id = ids(metadata).pop()
+    assert [(p.instance_id, p.kind) for p in problems] == [(metadata_id, "invalid_target")]
+    assert problems[0].error.startswith(
+        f"instance {metadata_id} has address 169.254.169.254 in AWS_INSTANCE_IPV4, which is never probed: link-local"
+    )
     assert ids(metadata) <= aws.instance_ids(service.cloudmap_service_ids[0])  # unprobed is not unhealthy
 
 
@@ -423,7 +425,14 @@ def test_when_a_pass_cannot_probe_everything_failing_instances_go_first_and_none
     failing = ids(service.task_arns[7]).pop()
     deps = wiring.poller_deps()
     prober = FirstFewProber(capacity=4, failing=failing)
-    scan = HealthScanner(fleet=deps.fleet, registry=deps.remover, cluster_arns=(), dry_run=False, prober=prober)
+    scan = HealthScanner(
+        fleet=deps.fleet,
+        registry=deps.remover,
+        cluster_arns=(),
+        dry_run=False,
+        prober=prober,
+        probe_allow_loopback=True,
+    )
 
     results = [scan.run_pass() for _ in range(5)]
 

@@ -53,6 +53,7 @@ class Settings:
     probe_read_timeout_seconds: float = 2.0
     probe_failure_threshold: int = 3
     probe_concurrency: int = 32
+    probe_allow_loopback: bool = False  # PROBE_ALLOW_LOOPBACK: local runs against 127.0.0.1; never in the template
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -84,6 +85,7 @@ class Settings:
         read_timeout = number("PROBE_READ_TIMEOUT_SECONDS", default=2, low=0.1, high=10)
         threshold = int(number("PROBE_FAILURE_THRESHOLD", default=3, low=1, high=10, integer=True))
         probe_concurrency = int(number("PROBE_CONCURRENCY", default=32, low=1, high=128, integer=True))
+        allow_loopback = _parse_bool("PROBE_ALLOW_LOOPBACK", env.get("PROBE_ALLOW_LOOPBACK", "false"), problems)
         min_healthy = number("MIN_HEALTHY_PERCENT", default=50, low=0, high=100)
         reconcile = int(number("RECONCILE_EVERY_PASSES", default=6, low=0, high=10_000, integer=True))
         scope_text = env.get("TAG_SCOPE", "").strip().lower() or TagScope.OPT_OUT.value
@@ -118,6 +120,7 @@ class Settings:
             probe_read_timeout_seconds=read_timeout,
             probe_failure_threshold=threshold,
             probe_concurrency=probe_concurrency,
+            probe_allow_loopback=allow_loopback,
         )
 
     def in_scope(self, cluster_arn: str) -> bool:

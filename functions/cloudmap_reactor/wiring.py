@@ -57,6 +57,7 @@ class PollerDeps:
             every_endpoint=self.settings.stale_check_every_endpoint,
             prober=self.prober,
             probe_failure_threshold=self.settings.probe_failure_threshold,
+            probe_allow_loopback=self.settings.probe_allow_loopback,
         )
 
 

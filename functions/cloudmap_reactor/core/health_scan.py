@@ -211,6 +211,7 @@ class HealthScanner:
         every_endpoint: bool = False,
         prober: HttpProber | None = None,
         probe_failure_threshold: int = 3,
+        probe_allow_loopback: bool = False,
     ) -> None:
         self._fleet = fleet
         self._registry = registry
@@ -225,7 +226,11 @@ class HealthScanner:
         self._heal_all = redeploy_stale_clients
         self._every_endpoint = every_endpoint
         # None: probing is off (the poller has no network path to the tasks)
-        self._http = HttpChecks(prober, failure_threshold=probe_failure_threshold) if prober else None
+        self._http = (
+            HttpChecks(prober, failure_threshold=probe_failure_threshold, allow_loopback=probe_allow_loopback)
+            if prober
+            else None
+        )
         # What this invocation has learnt, kept between its passes:
         self._pass = -1
         self._clusters: list[str] | None = None
