@@ -7,12 +7,29 @@ traffic anywhere but 127.0.0.1.
 
 from __future__ import annotations
 
+import io
 import ipaddress
+import socket
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import requests
+import urllib3
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from requests.adapters import BaseAdapter
+from urllib3.util import parse_url
 
+from cloudmap_reactor import wiring
 from cloudmap_reactor.core.model import HTTP_CHECK_TAG
 from cloudmap_reactor.core.probing import (
+    IPV4_ATTRIBUTE,
+    IPV6_ATTRIBUTE,
+    PORT_ATTRIBUTE,
+    HttpCheck,
     InvalidHttpCheck,
     InvalidProbeTarget,
     parse_http_check,
@@ -20,6 +37,8 @@ from cloudmap_reactor.core.probing import (
     validate_probe_address,
     validate_probe_port,
 )
+from devtools.aws_emulator import FleetBuilder
+from devtools.http_targets import Behaviour, local_http_targets
 
 CHECK = parse_http_check("/healthz")
 
@@ -196,3 +215,237 @@ def test_an_untrusted_value_in_a_message_is_escaped_and_cut_short() -> None:
         probe_target("srv-a", "task1", attributes, CHECK)
     assert "\x1b" not in str(refused.value)
     assert len(str(refused.value)) < 200
+
+
+# -- the scanner: refused instances are reported, never sent a request, and hold nobody up ------------
+
+HOSTILE_INSTANCES = [
+    {IPV6_ATTRIBUTE: "fd12::1%x]@169.254.169.254:80#", PORT_ATTRIBUTE: "80"},
+    {IPV6_ATTRIBUTE: "fd00:ec2::254", PORT_ATTRIBUTE: "80"},
+    {IPV4_ATTRIBUTE: "127.0.0.1", PORT_ATTRIBUTE: "9001"},  # the Lambda runtime API, inside Lambda
+    {IPV4_ATTRIBUTE: "10.0.2.1", PORT_ATTRIBUTE: "\u00b2"},
+    {IPV4_ATTRIBUTE: "169.254.169.254", PORT_ATTRIBUTE: "80"},
+    {IPV4_ATTRIBUTE: "010.0.2.2", PORT_ATTRIBUTE: "80"},
+]
+
+
+class RecordingTransport(BaseAdapter):
+    """Mounted on the prober's session: records each request's URL and answers it itself, connecting nowhere."""
+
+    def __init__(self, failing_hosts: set[str]) -> None:
+        super().__init__()
+        self.failing_hosts = failing_hosts
+        self.urls: list[str] = []
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        url = str(request.url)
+        self.urls.append(url)
+        status = 500 if urlsplit(url).hostname in self.failing_hosts else 200
+        response = requests.Response()
+        response.status_code = status
+        response.url = url
+        response.request = request
+        response.raw = urllib3.HTTPResponse(body=io.BytesIO(b"ok\n"), status=status, preload_content=False)
+        return response
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+@pytest.fixture
+def no_connections(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """Any socket connect in the test fails it (the AWS emulator runs in-process, without sockets)."""
+    attempts: list[Any] = []
+
+    def refuse(self: socket.socket, address: Any) -> None:
+        attempts.append(address)
+        raise AssertionError(f"a connection to {address} was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    yield attempts
+    assert attempts == []
+
+
+@pytest.fixture
+def deployed_poller(env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The poller as deployed: probes on, and no local-run switch."""
+    env.setenv("HTTP_PROBES", "true")
+    env.setenv("RECONCILE_EVERY_PASSES", "0")
+    env.delenv("PROBE_ALLOW_LOOPBACK", raising=False)
+    return env
+
+
+def task_id(arn: str) -> str:
+    return arn.rsplit("/", 1)[-1]
+
+
+def test_refused_targets_get_no_request_and_the_other_instances_are_still_judged(
+    aws: FleetBuilder, deployed_poller: pytest.MonkeyPatch, no_connections: list[Any]
+) -> None:
+    """Four tasks at good addresses (one answers 500) and six whose attributes are hostile, in one service.
+
+    Only the four good URLs are ever requested; each hostile instance is reported once, as an invalid
+    target, and stays registered; the failing good one still leaves after three passes.
+    """
+    aws.create_cluster("prod")
+    service = aws.create_service("prod", "orders", discovery_names=["orders"], tags={HTTP_CHECK_TAG: "/healthz"})
+    sid = service.cloudmap_service_ids[0]
+    good = aws.start_tasks(service, 4, addresses=[(f"10.0.1.{n}", 8080) for n in range(1, 5)])
+    hostile = aws.start_tasks(service, len(HOSTILE_INSTANCES))
+    for arn, attributes in zip(hostile, HOSTILE_INSTANCES, strict=True):
+        aws.cloudmap.register_instance(ServiceId=sid, InstanceId=task_id(arn), Attributes=attributes)
+    deps = wiring.poller_deps()
+    assert deps.prober is not None
+    transport = RecordingTransport(failing_hosts={"10.0.1.4"})
+    deps.prober.session.mount("http://", transport)
+    deps.prober.session.mount("https://", transport)
+    scan = deps.new_scanner()
+
+    results = [scan.run_pass() for _ in range(4)]
+
+    good_urls = {f"http://10.0.1.{n}:8080/healthz" for n in range(1, 5)}
+    assert set(transport.urls) == good_urls
+    assert len(transport.urls) == 4 + 4 + 4 + 3  # the failing one is not probed once it left
+    first_problems = sorted((p.instance_id, p.kind, p.cloudmap_service_id) for p in results[0].probe_problems)
+    assert first_problems == sorted((task_id(arn), "invalid_target", sid) for arn in hostile)
+    assert [r.probe_problems for r in results[1:]] == [[], [], []]  # once per instance, not every pass
+    assert [[d.task_arn for d in r.deregistrations] for r in results] == [[], [], [good[3]], []]
+    assert aws.instance_ids(sid) == {task_id(arn) for arn in good[:3] + hostile}
+
+
+def test_without_the_local_run_switch_servers_on_loopback_are_never_contacted(
+    aws: FleetBuilder, deployed_poller: pytest.MonkeyPatch
+) -> None:
+    """Real servers on 127.0.0.1, registered as the tasks: a deployed poller sends them nothing."""
+    aws.create_cluster("prod")
+    service = aws.create_service("prod", "orders", discovery_names=["orders"], tags={HTTP_CHECK_TAG: "/healthz"})
+    with local_http_targets() as http:
+        servers = [http.add(Behaviour.FAILING) for _ in range(3)]
+        aws.start_tasks(service, 3, addresses=[s.address for s in servers])
+        scan = wiring.poller_deps().new_scanner()
+        results = [scan.run_pass() for _ in range(3)]
+
+    assert [s.requests for s in servers] == [[], [], []]
+    assert [len(r.probe_problems) for r in results] == [3, 0, 0]
+    assert all("never probed: loopback" in p.error for p in results[0].probe_problems)
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == {task_id(arn) for arn in service.task_arns}
+
+
+# -- the property: whatever the attributes, either a refusal or a URL to exactly the validated address -----
+
+_UNICODE_DIGITS = {"0": "\u0660", "1": "\uff11", "2": "\u00b2", "3": "\u0663", "8": "\uff18", "9": "\u2079"}
+_HOSTILE_PIECES = ["%", "%25", "%eth0", "[", "]", "@", "#", "/", "?", " ", "\t", "\n", "\x00", "\u200b", ":", "."]
+
+
+@st.composite
+def near_miss(draw: st.DrawFn, base: st.SearchStrategy[str]) -> str:
+    """A valid address or port, as text, then (half the time) changed the way an attacker or a bug would."""
+    text = draw(base)
+    at = draw(st.integers(0, len(text)))
+    if draw(st.booleans()):
+        return text
+    mutations = [
+        lambda: text[:at] + draw(st.sampled_from(_HOSTILE_PIECES)) + text[at:],
+        lambda: text + "%" + draw(st.text(max_size=12)),
+        lambda: f"[{text}]",
+        lambda: text + draw(st.sampled_from(["@169.254.169.254:80#", "]@127.0.0.1:9001/", "#@fd00:ec2::254"])),
+        lambda: "".join(_UNICODE_DIGITS.get(c, c) if draw(st.booleans()) else c for c in text),
+        lambda: ".".join("0" + part if part.isdigit() and draw(st.booleans()) else part for part in text.split(".")),
+        lambda: draw(st.sampled_from(["::ffff:", "::", "64:ff9b::", " ", "0"])) + text,
+    ]
+    return draw(st.sampled_from(mutations))()
+
+
+ipv4_texts = st.ip_addresses(v=4).map(str)
+ipv6_texts = st.ip_addresses(v=6).flatmap(
+    lambda a: st.sampled_from([a.compressed, a.exploded, a.compressed.upper(), a.exploded.upper()])
+)
+address_texts = st.one_of(
+    st.text(max_size=50),
+    st.text(alphabet="0123456789abcdefABCDEF:.%[]@#/ \u00b2\u0660", max_size=45),
+    near_miss(ipv4_texts),
+    near_miss(ipv6_texts),
+    ipv4_texts,
+    ipv6_texts,
+    st.sampled_from(["127.0.0.1", "::1", "fd00:ec2::254", "169.254.169.254", "fd12::1%x]@169.254.169.254:80#"]),
+)
+port_texts = st.one_of(st.text(max_size=8), near_miss(st.integers(-1, 70_000).map(str)), st.integers(1, 65535).map(str))
+instance_attributes = st.one_of(
+    st.fixed_dictionaries(
+        {}, optional={IPV4_ATTRIBUTE: address_texts, IPV6_ATTRIBUTE: address_texts, PORT_ATTRIBUTE: port_texts}
+    ),
+    st.fixed_dictionaries({IPV4_ATTRIBUTE: near_miss(ipv4_texts), PORT_ATTRIBUTE: port_texts}),
+    st.fixed_dictionaries({IPV6_ATTRIBUTE: near_miss(ipv6_texts), PORT_ATTRIBUTE: port_texts}),
+)
+checks = st.sampled_from(
+    [parse_http_check(tag) for tag in ["/healthz", "8081/healthz", "/", "/@x", "//evil.example/x", "9000/a:b@c"]]
+)
+
+
+def test_a_probe_url_goes_to_exactly_the_validated_address_and_port_or_nowhere() -> None:
+    outcomes: Counter[str] = Counter()
+
+    @settings(max_examples=3000, deadline=None, derandomize=True)
+    @given(attributes=instance_attributes, check=checks, allow_loopback=st.booleans())
+    def check(attributes: dict[str, str], check: HttpCheck, allow_loopback: bool) -> None:
+        try:
+            target = probe_target("srv-a", "task1", attributes, check, allow_loopback=allow_loopback)
+        except InvalidHttpCheck:
+            outcomes["refused"] += 1
+            return
+        outcomes["accepted"] += 1
+        name = IPV4_ATTRIBUTE if attributes.get(IPV4_ATTRIBUTE) else IPV6_ATTRIBUTE
+        _assert_probe_target_is_sound(attributes[name], name, attributes.get(PORT_ATTRIBUTE), check, target.url)
+        assert allow_loopback or not ipaddress.ip_address(attributes[name]).is_loopback
+
+    check()
+
+    assert outcomes["accepted"] >= 300
+    assert outcomes["refused"] >= 1000
+
+
+def _assert_probe_target_is_sound(raw: str, name: str, raw_port: str | None, check: HttpCheck, url: str) -> None:
+    """What an accepted target must be, checked apart from the code under test."""
+    assert raw.isascii()
+    assert set(raw) <= set("0123456789.") or set(raw) <= set("0123456789abcdefABCDEF:.")
+    address = ipaddress.ip_address(raw)
+    assert address.version == (4 if name == IPV4_ATTRIBUTE else 6)
+    if address.version == 4:
+        assert str(address) == raw
+    assert not address.is_link_local
+    assert not address.is_multicast
+    assert not address.is_unspecified
+    if isinstance(address, ipaddress.IPv6Address):
+        assert address.ipv4_mapped is None
+        assert address.sixtofour is None
+        assert address.teredo is None
+        assert address not in ipaddress.ip_network("fd00:ec2::/32")
+    if address.is_loopback:  # only with the local-run switch (asserted by the caller)
+        assert address in ipaddress.ip_network("127.0.0.0/8") or address == ipaddress.ip_address("::1")
+    else:
+        assert not address.is_reserved  # ::1 is in ::/8, which Python deems reserved
+    port = check.port
+    if port is None:
+        assert raw_port is not None
+        assert raw_port.isascii()
+        assert raw_port.isdigit()
+        assert not raw_port.startswith("0")
+        port = int(raw_port)
+    assert 1 <= port <= 65535
+
+    split = urlsplit(url)
+    assert (split.scheme, split.hostname, split.port) == ("http", str(address), port)
+    assert (split.username, split.password, split.query, split.fragment) == (None, None, "", "")
+    assert split.path == check.path
+    parsed = parse_url(url)
+    assert parsed.host == (f"[{address}]" if address.version == 6 else str(address))
+    assert (parsed.port, parsed.auth, parsed.path) == (port, None, check.path)
