@@ -1,8 +1,9 @@
 """Real HTTP servers on 127.0.0.1 that play the tasks the health poller probes (tests and demo).
 
 Each server is one task's endpoint and answers every request the same way (``healthy``,
-``failing``, ``slow``, ...), except ``flapping``, which alternates failure and success. A
-``refused`` address is a port bound but never listened on: connecting to it is refused at once.
+``failing``, ``slow``, ``header-trickle``, ...), except ``flapping``, which alternates failure and
+success. A ``refused`` address is a port bound but never listened on: connecting to it is refused
+at once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Behaviour(StrEnum):
     FAILING = "failing"  # 500
     SLOW = "slow"  # answers only after ``delay`` seconds (beyond any probe timeout)
     TRICKLE = "trickle"  # sends the headers at once, then one byte of body every 0.1 s
+    HEADER_TRICKLE = "header-trickle"  # sends its status line and headers one byte every ``interval`` s
     FLAPPING = "flapping"  # 500, 200, 500, 200, ...
     REDIRECT = "redirect"  # 302 to ``location``
     STATUS = "status"  # answers ``status``
@@ -43,6 +45,7 @@ class TargetServer:
     behaviour: Behaviour
     status: int = 200
     delay: float = 30.0
+    interval: float = 0.05
     location: str = ""
     requests: list[Request] = field(default_factory=list)
     released: threading.Event = field(default_factory=threading.Event)
@@ -58,6 +61,9 @@ class TargetServer:
 
     def answer(self, handler: BaseHTTPRequestHandler) -> None:
         self.requests.append(Request(handler.command, handler.path, dict(handler.headers.items())))
+        if self.behaviour is Behaviour.HEADER_TRICKLE:
+            self._trickle_headers(handler)
+            return
         if self.behaviour is Behaviour.SLOW:
             self.released.wait(self.delay)
         status = {
@@ -81,6 +87,23 @@ class TargetServer:
                 handler.wfile.flush()
             return
         handler.wfile.write(body)
+
+    def _trickle_headers(self, handler: BaseHTTPRequestHandler) -> None:
+        """A valid answer whose head arrives one byte at a time: never a pause long enough for a read timeout.
+
+        About 200 bytes of head, so 10 s at the default ``interval``, longer than any probe's timeouts.
+        """
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+            + "".join(f"X-Padding-{n}: {'x' * 24}\r\n" for n in range(4))
+            + "Content-Length: 3\r\n\r\n"
+        ).encode()
+        for byte in head:
+            if self.released.wait(self.interval):
+                return
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+        handler.wfile.write(b"ok\n")
 
 
 class _Handler(BaseHTTPRequestHandler):

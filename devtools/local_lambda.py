@@ -34,6 +34,8 @@ def emulator_environment(endpoint: str | None = None) -> dict[str, str]:
         "POWERTOOLS_SERVICE_NAME": "cloudmap-reactor",
         "POWERTOOLS_METRICS_NAMESPACE": "CloudMapReactor",
         "POWERTOOLS_TRACE_DISABLED": "true",
+        # The tasks the poller probes here are HTTP servers on 127.0.0.1, which a deployed poller refuses.
+        "PROBE_ALLOW_LOOPBACK": "true",
     }
     if endpoint:
         env["AWS_ENDPOINT_URL"] = endpoint

@@ -313,12 +313,10 @@ def test_only_registered_instances_of_opted_in_in_scope_services_are_contacted(
     assert aws.instance_ids(ignored.cloudmap_service_ids[0]) == task_ids(*ignored.task_arns)
     problems = [p for r in results for p in r.probe_problems]
     metadata_id = task_ids(metadata).pop()
-    assert [(p.instance_id, p.error) for p in problems] == [
-        (
-            metadata_id,
-            f"instance {metadata_id} has address 169.254.169.254, which is never probed",
-        )
-    ]
+    assert [(p.instance_id, p.kind) for p in problems] == [(metadata_id, "invalid_target")]
+    assert problems[0].error.startswith(
+        f"instance {metadata_id} has address 169.254.169.254 in AWS_INSTANCE_IPV4, which is never probed: link-local"
+    )
     assert task_ids(metadata) <= aws.instance_ids(service.cloudmap_service_ids[0])  # unprobed is not unhealthy
 
 
@@ -436,7 +434,8 @@ def test_when_a_pass_cannot_probe_everything_failing_instances_go_first_and_none
     failing = task_ids(service.task_arns[7]).pop()
     deps = wiring.poller_deps()
     prober = FirstFewProber(capacity=4, failing=failing)
-    scan = Passes(HealthScanner(reader=deps.reader, policy=deps.policy, actor=deps.actor, http=HttpChecks(prober)))
+    checks = HttpChecks(prober, allow_loopback=True)
+    scan = Passes(HealthScanner(reader=deps.reader, policy=deps.policy, actor=deps.actor, http=checks))
 
     results = [scan.run_pass() for _ in range(5)]
 
@@ -459,3 +458,24 @@ def test_a_body_still_trickling_in_after_the_timeout_ends_the_probe_itself(http:
     assert (result.verdict, result.error, result.status) == (ProbeVerdict.FAILED, "timeout", None)
     assert result.duration_ms < (PASS_BOUND - 0.15) * 1000
     prober.close()
+
+
+def test_an_instance_that_cannot_be_probed_is_counted_once_and_left_registered(
+    aws: FleetBuilder,
+    http: LocalHttpTargets,
+    probing: pytest.MonkeyPatch,
+    lambda_context: FakeLambdaContext,
+    fake_time: FakeTime,
+    read_output: Any,
+) -> None:
+    service, _ = service_behind(aws, http, [Behaviour.HEALTHY] * 2)
+    metadata = aws.start_tasks(service, 1, addresses=[("169.254.169.254", 80)])[0]
+
+    result = poll_for_a_minute(probing, lambda_context)
+
+    assert result["passes"] >= 3
+    output = read_output()
+    assert output.metrics.value("InvalidProbeTargets") == 1  # once per instance per invocation, not per pass
+    assert task_ids(metadata) <= aws.instance_ids(service.cloudmap_service_ids[0])
+    problem = next(r for r in output.logs if r["message"].startswith("Cannot probe"))
+    assert (problem["instance_id"], problem["kind"]) == (task_ids(metadata).pop(), "invalid_target")

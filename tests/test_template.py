@@ -396,6 +396,7 @@ def test_http_probe_parameters_reach_the_poller(stack: Stack) -> None:
         "PROBE_READ_TIMEOUT_SECONDS": "2",
         "PROBE_FAILURE_THRESHOLD": "3",
         "PROBE_CONCURRENCY": "32",
+        "PROBE_ALLOW_LOOPBACK": "false",  # fixed: only events/env.json (sam local) turns it on
     }
     assert "HTTP_PROBES" not in stack.properties(REACTOR)["Environment"]["Variables"]
 

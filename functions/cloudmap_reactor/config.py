@@ -90,6 +90,8 @@ class Policy:
         3, "PROBE_FAILURE_THRESHOLD", "ProbeFailureThreshold", low=1, high=10, integer=True
     )
     probe_concurrency: int = _setting(32, "PROBE_CONCURRENCY", "ProbeConcurrency", low=1, high=128, integer=True)
+    # Local runs only (tests, demo, bench): lets probes reach loopback. Never a template parameter.
+    probe_allow_loopback: bool = _setting(False, "PROBE_ALLOW_LOOPBACK")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Policy:

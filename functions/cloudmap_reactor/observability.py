@@ -41,6 +41,7 @@ class MetricName(StrEnum):
     PROBE_FAILURES = "ProbeFailures"
     PROBE_DURATION = "ProbeDuration"
     CLUSTER_SKIPPED = "ClusterSkipped"
+    INVALID_PROBE_TARGETS = "InvalidProbeTargets"
 
 
 @contextmanager

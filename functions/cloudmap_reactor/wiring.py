@@ -45,7 +45,8 @@ class PollerDeps:
 
     def new_scanner(self) -> HealthScanner:
         """A scanner for one invocation: what it remembers lasts that long."""
-        http = HttpChecks(self.prober) if self.prober is not None else None
+        allow_loopback = self.policy.probe_allow_loopback
+        http = HttpChecks(self.prober, allow_loopback=allow_loopback) if self.prober is not None else None
         return HealthScanner(reader=self.reader, policy=self.policy, actor=self.actor, http=http, phase=traced_phase)
 
 

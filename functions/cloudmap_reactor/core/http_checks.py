@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from cloudmap_reactor.core.decide import is_running
 from cloudmap_reactor.core.model import EcsService, TaskSnapshot
@@ -28,15 +29,25 @@ from cloudmap_reactor.core.probing import (
 InstanceKey = tuple[str, str]  # (Cloud Map service id, instance id)
 
 
+class ProblemKind(StrEnum):
+    INVALID_CHECK = "invalid_check"  # the service's http-check tags are wrong: none of its instances is probed
+    INVALID_TARGET = "invalid_target"  # one instance's registered address or port is refused or unusable
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeProblem:
-    """A service or instance that cannot be probed (bad tag, no address); reported once per invocation."""
+    """A service or instance that cannot be probed (bad tag, no address); reported once per invocation.
+
+    ``kind`` ``invalid_target`` problems name their instance and are reported once per instance
+    (count them as ``InvalidProbeTargets``); ``invalid_check`` ones once per service and error.
+    """
 
     cluster_arn: str
     service_name: str
     error: str
     cloudmap_service_id: str | None = None
     instance_id: str | None = None
+    kind: ProblemKind = ProblemKind.INVALID_CHECK
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +71,11 @@ class ProbeRound:
 class HttpChecks:
     """Probes the instances of services tagged ``cloudmap-reactor:http-check`` and counts failures."""
 
-    def __init__(self, prober: HttpProber) -> None:
+    def __init__(self, prober: HttpProber, *, allow_loopback: bool = False) -> None:
         self._prober = prober
         self._failures = FailureCounter()
-        self._reported: set[tuple[str, str, str]] = set()
+        self._allow_loopback = allow_loopback  # PROBE_ALLOW_LOOPBACK: local runs only
+        self._reported: set[tuple[str, ...]] = set()
 
     def checks(
         self, cluster_arn: str, services: Mapping[str, EcsService]
@@ -102,10 +114,19 @@ class HttpChecks:
                 if instance_id not in running or (sid, instance_id) in removed:
                     continue
                 try:
-                    targets.append((probe_target(sid, instance_id, attributes, check), service))
-                except InvalidHttpCheck as exc:
-                    problem = ProbeProblem(service.cluster_arn, service.service_name, str(exc), sid, instance_id)
+                    target = probe_target(sid, instance_id, attributes, check, allow_loopback=self._allow_loopback)
+                except InvalidHttpCheck as exc:  # the instance stays registered, unprobed, and is reported
+                    problem = ProbeProblem(
+                        service.cluster_arn,
+                        service.service_name,
+                        str(exc),
+                        sid,
+                        instance_id,
+                        kind=ProblemKind.INVALID_TARGET,
+                    )
                     problems.extend(self._once(problem))
+                    continue
+                targets.append((target, service))
         return targets, problems
 
     def probe(self, targets: Sequence[tuple[ProbeTarget, EcsService]]) -> ProbeRound:
@@ -122,7 +143,12 @@ class HttpChecks:
         return ProbeRound(results=results, failed=failed, consecutive_failures=self._failures.counts())
 
     def _once(self, problem: ProbeProblem) -> list[ProbeProblem]:
-        key = (problem.cluster_arn, problem.service_name, problem.error)
+        """Report a service's wrong tags once per error, an instance's unusable address once per instance."""
+        key: tuple[str, ...]
+        if problem.kind is ProblemKind.INVALID_TARGET:
+            key = (problem.kind, problem.cloudmap_service_id or "", problem.instance_id or "")
+        else:
+            key = (problem.kind, problem.cluster_arn, problem.service_name, problem.error)
         if key in self._reported:
             return []
         self._reported.add(key)

@@ -18,6 +18,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cloudmap_reactor import wiring
+from cloudmap_reactor.core.http_checks import ProblemKind
 from cloudmap_reactor.core.poll_loop import SAFETY_MARGIN_SECONDS, PollLoop, poll_window_seconds
 from cloudmap_reactor.core.probing import ProbeVerdict
 from cloudmap_reactor.handlers.reporting import report_deregistrations
@@ -186,7 +187,7 @@ def _report_probes(result: HealthPassResult) -> None:
                 "consecutive_failures": failed.consecutive_failures,
             },
         )
-    for problem in result.probe_problems:
+    for problem in result.probe_problems:  # each reported once per invocation (per instance for targets)
         logger.warning(
             "Cannot probe: nothing is deregistered on its account",
             extra={
@@ -194,9 +195,13 @@ def _report_probes(result: HealthPassResult) -> None:
                 "ecs_service": problem.service_name,
                 "cloudmap_service_id": problem.cloudmap_service_id,
                 "instance_id": problem.instance_id,
+                "kind": problem.kind.value,
                 "error": problem.error,
             },
         )
+    invalid_targets = sum(1 for p in result.probe_problems if p.kind is ProblemKind.INVALID_TARGET)
+    if invalid_targets:
+        count(MetricName.INVALID_PROBE_TARGETS, invalid_targets)
     if not result.probes:
         return
     count(MetricName.PROBE_FAILURES, len(result.failed_probes))
