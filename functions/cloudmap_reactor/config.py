@@ -26,6 +26,7 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _RATE = re.compile(r"^rate\(([1-9][0-9]{0,4}) (minute|minutes|hour|hours|day|days)\)$")
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 _CRON = re.compile(r"^cron\([^()]{9,200}\)$")
 _UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 
@@ -90,6 +91,16 @@ class Policy:
         3, "PROBE_FAILURE_THRESHOLD", "ProbeFailureThreshold", low=1, high=10, integer=True
     )
     probe_concurrency: int = _setting(32, "PROBE_CONCURRENCY", "ProbeConcurrency", low=1, high=128, integer=True)
+    probe_healthy_threshold: int = _setting(
+        2, "PROBE_HEALTHY_THRESHOLD", "ProbeHealthyThreshold", low=1, high=10, integer=True
+    )
+    # Quarantine: health removals of running tasks are recorded and undone on recovery
+    ledger_table: str = _setting("", "LEDGER_TABLE")  # the DynamoDB table (the template creates it)
+    return_on_recovery: bool = _setting(True, "RETURN_ON_RECOVERY", "ReturnOnRecovery")
+    hold_until_healthy: bool = _setting(False, "HOLD_UNTIL_HEALTHY", "HoldUntilHealthy")  # every service
+    replace_after_seconds: float = _setting(
+        0.0, "REPLACE_AFTER_SECONDS", "ReplaceAfterSeconds", low=0, high=86_400
+    )  # 0: never stop a quarantined task
     # Local runs only (tests, demo, bench): lets probes reach loopback. Never a template parameter.
     probe_allow_loopback: bool = _setting(False, "PROBE_ALLOW_LOOPBACK")
 
@@ -228,7 +239,15 @@ def _parse_bool(name: str, raw: str, default: bool, problems: list[str]) -> bool
     return False
 
 
+def _parse_table_name(text: str, problems: list[str]) -> str:
+    if not text or _TABLE_NAME.fullmatch(text):
+        return text
+    problems.append(f"LEDGER_TABLE={text[:80]!r} is not a DynamoDB table name (3-255 of A-Z a-z 0-9 _ . -)")
+    return ""
+
+
 _PARSERS: dict[str, Callable[[str, list[str]], Any]] = {
+    "ledger_table": _parse_table_name,
     "cluster_arns": _parse_cluster_arns,
     "poll_schedule": _parse_schedule,
     "log_level": _parse_log_level,
