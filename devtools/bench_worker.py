@@ -49,7 +49,7 @@ def worker_pass(args: argparse.Namespace) -> dict[str, Any]:
     meter = CallMeter(args.latency, Counter())
     meter.attach(ecs_client())
     meter.attach(cloudmap_client())
-    scanner = wiring.poller_deps().new_scanner()
+    scanner = wiring.poller_deps().new_scanner(owner="bench")
     passes = []
     for _ in range(args.passes):
         meter.counts.clear()

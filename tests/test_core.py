@@ -9,7 +9,7 @@ import pytest
 
 from cloudmap_reactor.config import Policy
 from cloudmap_reactor.core.decide import decide_cluster
-from cloudmap_reactor.core.decisions import ClusterSnapshot, Decision, Deregister, Hold, Memory, Rule
+from cloudmap_reactor.core.decisions import ClusterSnapshot, Decision, Deregister, Hold, Memory, ProbeStreak, Rule
 from cloudmap_reactor.core.model import (
     ENABLED_TAG,
     IGNORE_TAG,
@@ -244,9 +244,9 @@ def test_fail_open_applies_to_probe_failures_as_to_ecs_health(
     web = EcsService(CLUSTER, "orders", f"{CLUSTER}/orders", frozenset({"srv-a"}))
     tasks = [task(n, "UNHEALTHY" if n in ecs_unhealthy else "UNKNOWN") for n in range(4)]
     instances: dict[str, dict[str, dict[str, str]]] = {"srv-a": {t.task_id: {} for t in tasks}}
-    failures = {("srv-a", tasks[n].task_id): 3 for n in probe_failing}
+    failures = {("srv-a", tasks[n].task_id): ProbeStreak(failures=3, passed=True) for n in probe_failing}
     snapshot = ClusterSnapshot(
-        CLUSTER, {"orders": web}, tuple(tasks), instances, probe_failures=failures, fresh=frozenset(instances)
+        CLUSTER, {"orders": web}, tuple(tasks), instances, probes=failures, fresh=frozenset(instances)
     )
     decision = decide_cluster(snapshot, Memory(), Policy(probe_failure_threshold=3))
     assert sorted(removed_tasks(decision)) == sorted(tasks[n].task_arn for n in removed)

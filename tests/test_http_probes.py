@@ -59,7 +59,7 @@ class Passes:
 
 
 def scanner() -> Passes:
-    return Passes(wiring.poller_deps().new_scanner())
+    return Passes(wiring.poller_deps().new_scanner(owner="test"))
 
 
 @pytest.fixture(autouse=True)

@@ -309,7 +309,7 @@ def test_refused_targets_get_no_request_and_the_other_instances_are_still_judged
     transport = RecordingTransport(failing_hosts={"10.0.1.4"})
     deps.prober.session.mount("http://", transport)
     deps.prober.session.mount("https://", transport)
-    scan = deps.new_scanner()
+    scan = deps.new_scanner(owner="test")
 
     results = [scan.run_pass(deadline=time.monotonic() + 60) for _ in range(4)]
 
@@ -332,7 +332,7 @@ def test_without_the_local_run_switch_servers_on_loopback_are_never_contacted(
     with local_http_targets() as http:
         servers = [http.add(Behaviour.FAILING) for _ in range(3)]
         aws.start_tasks(service, 3, addresses=[s.address for s in servers])
-        scan = wiring.poller_deps().new_scanner()
+        scan = wiring.poller_deps().new_scanner(owner="test")
         results = [scan.run_pass(deadline=time.monotonic() + 60) for _ in range(3)]
 
     assert [s.requests for s in servers] == [[], [], []]

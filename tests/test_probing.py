@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from cloudmap_reactor.core.http_checks import ProbeHistory
 from cloudmap_reactor.core.model import HTTP_CHECK_CODES_TAG, HTTP_CHECK_TAG, EcsService
 from cloudmap_reactor.core.probing import (
-    FailureCounter,
     HttpCheck,
     InvalidHttpCheck,
     ProbeResult,
@@ -111,12 +111,12 @@ def result(instance: str, verdict: ProbeVerdict, sid: str = "srv-a") -> ProbeRes
     return ProbeResult(ProbeTarget(sid, instance, f"http://10.0.0.1/{instance}", DEFAULT), verdict)
 
 
-def over(counter: FailureCounter, threshold: int) -> set[tuple[str, str]]:
-    return {key for key, n in counter.counts().items() if n >= threshold}
+def over(counter: ProbeHistory, threshold: int) -> set[tuple[str, str]]:
+    return {key for key, s in counter.streaks().items() if s.failures >= threshold}
 
 
 def test_failures_count_in_a_row_and_one_success_resets() -> None:
-    counter = FailureCounter()
+    counter = ProbeHistory()
     failed, healthy, skipped = ProbeVerdict.FAILED, ProbeVerdict.HEALTHY, ProbeVerdict.SKIPPED
     keys = [("srv-a", "a"), ("srv-a", "b")]
     passes = [
@@ -134,7 +134,7 @@ def test_failures_count_in_a_row_and_one_success_resets() -> None:
 
 def test_failing_and_least_recently_probed_instances_are_probed_first() -> None:
     """When a pass cannot probe everything, the instances closest to the threshold go first, then the oldest."""
-    counter = FailureCounter()
+    counter = ProbeHistory()
     keys = [("srv-a", name) for name in "abcd"]
     counter.record(
         [
@@ -151,7 +151,7 @@ def test_failing_and_least_recently_probed_instances_are_probed_first() -> None:
 
 
 def test_an_instance_no_longer_probed_is_forgotten() -> None:
-    counter = FailureCounter()
+    counter = ProbeHistory()
     counter.record([result("a", ProbeVerdict.FAILED)], still_probed=[("srv-a", "a")])
     counter.record([], still_probed=[])  # its task left, or it was deregistered
     counter.record([result("a", ProbeVerdict.FAILED)], still_probed=[("srv-a", "a")])

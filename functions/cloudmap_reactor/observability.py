@@ -42,6 +42,11 @@ class MetricName(StrEnum):
     PROBE_DURATION = "ProbeDuration"
     CLUSTER_SKIPPED = "ClusterSkipped"
     INVALID_PROBE_TARGETS = "InvalidProbeTargets"
+    TASKS_RESTORED = "TasksRestored"
+    QUARANTINED_INSTANCES = "QuarantinedInstances"
+    OLDEST_QUARANTINE_SECONDS = "OldestQuarantineSeconds"
+    RESTORE_ERRORS = "RestoreErrors"
+    TASKS_REPLACED = "TasksReplaced"
 
 
 @contextmanager

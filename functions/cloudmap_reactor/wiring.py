@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
-from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client, reset_clients
+from cloudmap_reactor.adapters.clients import cloudmap_client, dynamodb_client, ecs_client, reset_clients
 from cloudmap_reactor.adapters.cloudmap import CloudMapDeregistrar
 from cloudmap_reactor.adapters.ecs import EcsReader, EcsServiceUpdater
+from cloudmap_reactor.adapters.ledger import DynamoDbLedger
 from cloudmap_reactor.adapters.rate_limit import TokenBucket
 from cloudmap_reactor.config import Policy
-from cloudmap_reactor.core.http_checks import HttpChecks
+from cloudmap_reactor.core.http_checks import HttpChecks, ProbeHistory
+from cloudmap_reactor.core.ports import AwsCallFailed
 from cloudmap_reactor.core.service_cache import CachedServiceLookup
 from cloudmap_reactor.observability import logger, traced_phase
 from cloudmap_reactor.poller.acting import Actor
@@ -35,19 +37,47 @@ class ReactorDeps:
     actor: Actor
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PollerDeps:
     policy: Policy
     reader: PassReader
     actor: Actor
     ecs_budget: TokenBucket
     prober: RequestsProber | None  # None: HTTP probes are off
+    ledger: DynamoDbLedger | None  # None: no LEDGER_TABLE (local runs): removals are one-way
+    history: ProbeHistory | None = None  # the container's probe streaks (loaded from the ledger once)
 
-    def new_scanner(self) -> HealthScanner:
-        """A scanner for one invocation: what it remembers lasts that long."""
-        allow_loopback = self.policy.probe_allow_loopback
-        http = HttpChecks(self.prober, allow_loopback=allow_loopback) if self.prober is not None else None
-        return HealthScanner(reader=self.reader, policy=self.policy, actor=self.actor, http=http, phase=traced_phase)
+    def new_scanner(self, owner: str) -> HealthScanner:
+        """A scanner for one invocation (``owner``: its request id, the lease holder's name)."""
+        http = None
+        if self.prober is not None:
+            http = HttpChecks(self.prober, allow_loopback=self.policy.probe_allow_loopback, history=self._history())
+        return HealthScanner(
+            reader=self.reader,
+            policy=self.policy,
+            actor=self.actor,
+            http=http,
+            ledger=self.ledger,
+            owner=owner,
+            phase=traced_phase,
+        )
+
+    def save_history(self) -> None:
+        """Keep the probe streaks for the next container (only when this invocation changed them)."""
+        if self.ledger is not None and self.history is not None and self.history.changed:
+            self.ledger.save_streaks(self.history.streaks())
+            self.history.changed = False
+
+    def _history(self) -> ProbeHistory:
+        if self.history is None:
+            streaks = {}
+            if self.ledger is not None:
+                try:
+                    streaks = self.ledger.load_streaks()
+                except AwsCallFailed as exc:
+                    logger.warning("Could not load the probe streaks; starting afresh", extra={"error": str(exc)})
+            self.history = ProbeHistory(streaks)
+        return self.history
 
 
 @cache
@@ -75,6 +105,8 @@ def poller_deps() -> PollerDeps:
     budget.attach(ecs)
     calls = ThreadPoolExecutor(max_workers=config.scan_concurrency, thread_name_prefix="aws-call")
     registry = CloudMapDeregistrar(cloudmap_client())
+    ledger = DynamoDbLedger(dynamodb_client(), config.ledger_table) if config.ledger_table else None
+    updater = EcsServiceUpdater(ecs)
     return PollerDeps(
         policy=config,
         reader=PassReader(
@@ -84,9 +116,10 @@ def poller_deps() -> PollerDeps:
             clusters=ThreadPoolExecutor(max_workers=config.scan_concurrency, thread_name_prefix="cluster"),
             calls=calls,
         ),
-        actor=Actor(remover=registry, redeployer=EcsServiceUpdater(ecs)),
+        actor=Actor(remover=registry, registrar=registry, ledger=ledger, redeployer=updater, stopper=updater),
         ecs_budget=budget,
         prober=_prober(config),
+        ledger=ledger,
     )
 
 

@@ -15,6 +15,7 @@ import boto3
 from botocore.config import Config
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_ecs import ECSClient
     from mypy_boto3_servicediscovery import ServiceDiscoveryClient
 
@@ -39,7 +40,13 @@ def cloudmap_client() -> ServiceDiscoveryClient:
     return boto3.client("servicediscovery", config=CLIENT_CONFIG)
 
 
+@cache
+def dynamodb_client() -> DynamoDBClient:
+    return boto3.client("dynamodb", config=CLIENT_CONFIG)
+
+
 def reset_clients() -> None:
     """Forget the clients (tests start a fresh emulator per test)."""
     ecs_client.cache_clear()
     cloudmap_client.cache_clear()
+    dynamodb_client.cache_clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,13 @@ class CloudMapDeregistrar:
         with aws_call("GetService", cloudmap_service_id):
             created = self._client.get_service(Id=cloudmap_service_id)["Service"]["CreateDate"]
         return created if created.tzinfo else created.replace(tzinfo=UTC)
+
+    def register_instance(self, cloudmap_service_id: str, instance_id: str, attributes: Mapping[str, str]) -> None:
+        """Put a quarantined instance back: the recorded id and attributes, nothing added or changed."""
+        with aws_call("RegisterInstance", f"{cloudmap_service_id}/{instance_id}"):
+            self._client.register_instance(
+                ServiceId=cloudmap_service_id, InstanceId=instance_id, Attributes=dict(attributes)
+            )
 
     def deregister_instance(self, cloudmap_service_id: str, instance_id: str) -> RemovalResult:
         """Idempotent: an instance that is already gone is not an error."""

@@ -168,7 +168,7 @@ def _to_ecs_service(cluster_arn: str, raw: Any) -> EcsService:
 
 
 class EcsServiceUpdater:
-    """The one ECS write: start a new deployment of a service (start-order healing)."""
+    """The ECS writes: a new deployment of a service (start order), stopping a task (replacement)."""
 
     def __init__(self, client: ECSClient) -> None:
         self._client = client
@@ -176,6 +176,10 @@ class EcsServiceUpdater:
     def force_new_deployment(self, cluster_arn: str, service_name: str) -> None:
         with aws_call("UpdateService", f"{cluster_arn} {service_name}"):
             self._client.update_service(cluster=cluster_arn, service=service_name, forceNewDeployment=True)
+
+    def stop_task(self, cluster_arn: str, task_arn: str, reason: str) -> None:
+        with aws_call("StopTask", task_arn):
+            self._client.stop_task(cluster=cluster_arn, task=task_arn, reason=reason[:255])
 
 
 def _to_task_snapshot(cluster_arn: str, raw: Any) -> TaskSnapshot:

@@ -20,12 +20,26 @@ InstanceKey = tuple[str, str]  # (Cloud Map service id, instance id); the instan
 Instances = Mapping[str, Mapping[str, Mapping[str, str]]]  # Cloud Map service id -> instance id -> attributes
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeStreak:
+    """One instance's recent probes: consecutive failures or successes, and whether it ever passed."""
+
+    failures: int = 0
+    successes: int = 0
+    passed: bool = False  # passed at least once: it has been ready (readiness: core.decide)
+
+
 class Rule(StrEnum):
     """The rule behind an action or a hold (each is one function in ``core.decide``)."""
 
     STOP_EVENT = "stop-event"  # ECS decided to stop the task (reactor)
     ECS_UNHEALTHY = "ecs-unhealthy"  # DescribeTasks healthStatus UNHEALTHY while running
     PROBE_THRESHOLD = "probe-threshold"  # failed ProbeFailureThreshold HTTP probes in a row
+    NOT_READY_PROBE = "not-ready-probe"  # failed its service's HTTP check before ever passing it
+    NOT_READY_HEALTH = "hold-until-healthy"  # running, but ECS does not report it HEALTHY yet (opt-in)
+    RECOVERED = "recovered"  # quarantined, and healthy again: registered again with its attributes
+    TASK_GONE = "task-gone"  # quarantined, and ECS is stopping it or no longer knows it: record forgotten
+    REPLACE = "replace"  # quarantined for failed probes longer than ReplaceAfterSeconds: stopped
     RECONCILE = "reconcile"  # a registered instance whose task ECS is stopping or has stopped
     START_ORDER = "start-order"  # client tasks started before an endpoint they depend on existed
 
@@ -34,6 +48,7 @@ class Hold(StrEnum):
     """Why something that could have been done was not."""
 
     DRY_RUN = "dry-run"
+    RETURN_OFF = "return-on-recovery-off"
     FAIL_OPEN = "fail-open"
     NOT_STOPPING = "not-stopping"
     NOT_A_SERVICE = "not-a-service-task"
@@ -44,8 +59,27 @@ class Hold(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class QuarantineRecord:
+    """An instance taken out while its task still runs, as the ledger keeps it: enough to put it back exactly."""
+
+    cloudmap_service_id: str
+    instance_id: str
+    attributes: Mapping[str, str]  # exactly as Cloud Map held them (ECS wrote them); never edited
+    task_arn: str
+    cluster_arn: str
+    service_name: str
+    reason: Reason
+    rule: Rule
+    since: float = 0.0  # epoch seconds; stamped when the record is written
+
+    @property
+    def key(self) -> InstanceKey:
+        return (self.cloudmap_service_id, self.instance_id)
+
+
+@dataclass(frozen=True, slots=True)
 class Deregister:
-    """Take one task's instance out of one Cloud Map service."""
+    """Take one task's instance out of one Cloud Map service (``quarantine``: record it first)."""
 
     cluster_arn: str
     service_name: str
@@ -53,6 +87,7 @@ class Deregister:
     cloudmap_service_id: str
     reason: Reason
     rule: Rule
+    quarantine: QuarantineRecord | None = None
 
     @property
     def instance_id(self) -> str:
@@ -71,7 +106,31 @@ class Redeploy:
     rule: Rule = Rule.START_ORDER
 
 
-Action = Deregister | Redeploy
+@dataclass(frozen=True, slots=True)
+class Restore:
+    """Register a quarantined instance again, with exactly its recorded id and attributes; then forget it."""
+
+    record: QuarantineRecord
+    rule: Rule = Rule.RECOVERED
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """Delete a quarantine record whose task is leaving or gone (never registered again)."""
+
+    record: QuarantineRecord
+    rule: Rule = Rule.TASK_GONE
+
+
+@dataclass(frozen=True, slots=True)
+class StopTask:
+    """Stop a task quarantined for failed probes too long, as ECS does after failed ELB health checks."""
+
+    record: QuarantineRecord
+    rule: Rule = Rule.REPLACE
+
+
+Action = Deregister | Redeploy | Restore | Forget | StopTask
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +189,9 @@ class ClusterSnapshot:
     reconcile: bool = False
     departed: Mapping[str, TaskSnapshot] = field(default_factory=dict)
     endpoints_created: Mapping[str, datetime] = field(default_factory=dict)
-    probe_failures: Mapping[InstanceKey, int] = field(default_factory=dict)
+    probes: Mapping[InstanceKey, ProbeStreak] = field(default_factory=dict)
+    quarantined: tuple[QuarantineRecord, ...] = ()  # the ledger's records of this cluster
+    now: float = 0.0  # epoch seconds of the pass (replacement ages)
     # Cloud Map services listed right before acting: the only listings the guard trusts (a removal
     # by the reactor since the pass began is then counted).
     fresh: frozenset[str] = frozenset()

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cloudmap_reactor.config import Policy
-from cloudmap_reactor.core.decide import is_running
 from cloudmap_reactor.core.decisions import ClusterSnapshot, Decision, Deregister, Rule
-from cloudmap_reactor.core.model import EcsService
+from cloudmap_reactor.core.model import EcsService, is_running
 from cloudmap_reactor.core.probing import InvalidHttpCheck, http_check_of
 
 

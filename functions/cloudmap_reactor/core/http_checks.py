@@ -12,11 +12,10 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from cloudmap_reactor.core.decide import is_running
-from cloudmap_reactor.core.model import EcsService, TaskSnapshot
+from cloudmap_reactor.core.decisions import InstanceKey, ProbeStreak
+from cloudmap_reactor.core.model import EcsService, TaskSnapshot, is_running
 from cloudmap_reactor.core.ports import HttpProber
 from cloudmap_reactor.core.probing import (
-    FailureCounter,
     HttpCheck,
     InvalidHttpCheck,
     ProbeResult,
@@ -25,8 +24,6 @@ from cloudmap_reactor.core.probing import (
     http_check_of,
     probe_target,
 )
-
-InstanceKey = tuple[str, str]  # (Cloud Map service id, instance id)
 
 
 class ProblemKind(StrEnum):
@@ -65,17 +62,23 @@ class ProbeRound:
 
     results: list[ProbeResult] = field(default_factory=list)
     failed: list[FailedProbe] = field(default_factory=list)
-    consecutive_failures: dict[InstanceKey, int] = field(default_factory=dict)
+    streaks: dict[InstanceKey, ProbeStreak] = field(default_factory=dict)
 
 
 class HttpChecks:
     """Probes the instances of services tagged ``cloudmap-reactor:http-check`` and counts failures."""
 
-    def __init__(self, prober: HttpProber, *, allow_loopback: bool = False) -> None:
+    def __init__(
+        self, prober: HttpProber, *, allow_loopback: bool = False, history: ProbeHistory | None = None
+    ) -> None:
         self._prober = prober
-        self._failures = FailureCounter()
+        self._history = history if history is not None else ProbeHistory()
         self._allow_loopback = allow_loopback  # PROBE_ALLOW_LOOPBACK: local runs only
         self._reported: set[tuple[str, ...]] = set()
+
+    @property
+    def history(self) -> ProbeHistory:
+        return self._history
 
     def checks(
         self, cluster_arn: str, services: Mapping[str, EcsService]
@@ -132,15 +135,15 @@ class HttpChecks:
     def probe(self, targets: Sequence[tuple[ProbeTarget, EcsService]]) -> ProbeRound:
         """Probe every target of the pass at once (failing and least recently probed first) and count."""
         owners = {target.key: service for target, service in targets}
-        ordered = self._failures.in_probing_order(target for target, _ in targets)
+        ordered = self._history.in_probing_order(target for target, _ in targets)
         results = self._prober.probe(ordered) if ordered else []
-        self._failures.record(results, still_probed=owners)
+        self._history.record(results, still_probed=owners)
         failed = [
-            FailedProbe(probe, owners[probe.target.key], self._failures.failures(probe.target.key))
+            FailedProbe(probe, owners[probe.target.key], self._history.failures(probe.target.key))
             for probe in results
             if probe.verdict is ProbeVerdict.FAILED
         ]
-        return ProbeRound(results=results, failed=failed, consecutive_failures=self._failures.counts())
+        return ProbeRound(results=results, failed=failed, streaks=self._history.streaks())
 
     def _once(self, problem: ProbeProblem) -> list[ProbeProblem]:
         """Report a service's wrong tags once per error, an instance's unusable address once per instance."""
@@ -153,3 +156,48 @@ class HttpChecks:
             return []
         self._reported.add(key)
         return [problem]
+
+
+class ProbeHistory:
+    """Probe streaks per instance, kept for the container's life and saved in the ledger between containers.
+
+    A skipped probe changes nothing; an instance no longer probed (its task left) is forgotten. It
+    also orders the next pass's probes, which matters when a pass cannot probe everything in its
+    time bound: instances on their way to a threshold first, then the longest unprobed.
+    """
+
+    def __init__(self, streaks: Mapping[InstanceKey, ProbeStreak] | None = None) -> None:
+        self._streaks: dict[InstanceKey, ProbeStreak] = dict(streaks or {})
+        self._probed_on: dict[InstanceKey, int] = {}  # key -> the record() call it was last probed in
+        self._records = 0
+        self.changed = False
+
+    def record(self, results: Iterable[ProbeResult], *, still_probed: Iterable[InstanceKey]) -> None:
+        self._records += 1
+        kept = set(still_probed)
+        before = len(self._streaks)
+        self._streaks = {key: s for key, s in self._streaks.items() if key in kept}
+        self._probed_on = {key: n for key, n in self._probed_on.items() if key in kept}
+        self.changed |= len(self._streaks) != before
+        for result in results:
+            if result.verdict is ProbeVerdict.SKIPPED:
+                continue
+            key = result.target.key
+            self._probed_on[key] = self._records
+            old = self._streaks.get(key, ProbeStreak())
+            if result.verdict is ProbeVerdict.HEALTHY:
+                new = ProbeStreak(failures=0, successes=old.successes + 1, passed=True)
+            else:
+                new = ProbeStreak(failures=old.failures + 1, successes=0, passed=old.passed)
+            self.changed |= new != old
+            self._streaks[key] = new
+
+    def in_probing_order(self, targets: Iterable[ProbeTarget]) -> list[ProbeTarget]:
+        """Failing instances first (most failures first), then the least recently probed (never: first)."""
+        return sorted(targets, key=lambda t: (-self.failures(t.key), self._probed_on.get(t.key, 0), t.key))
+
+    def failures(self, key: InstanceKey) -> int:
+        return self._streaks.get(key, ProbeStreak()).failures
+
+    def streaks(self) -> dict[InstanceKey, ProbeStreak]:
+        return dict(self._streaks)

@@ -20,6 +20,12 @@ class Reason(StrEnum):
     UNHEALTHY = "Unhealthy"
     RECONCILED = "Reconciled"
     PROBE_FAILED = "ProbeFailed"
+    NOT_READY = "NotReady"
+
+
+# Reasons for which a task that still runs is taken out: recorded in the quarantine ledger, and
+# registered again when it recovers. (TaskStopping and Reconciled are final.)
+QUARANTINE_REASONS = frozenset({Reason.UNHEALTHY, Reason.PROBE_FAILED, Reason.NOT_READY})
 
 
 # Service tags that scope this tool (read with DescribeServices include=[TAGS]).
@@ -31,6 +37,8 @@ REDEPLOY_STALE_TAG = "cloudmap-reactor:redeploy-stale"
 # Active HTTP health checks (core.probing): the path (or port and path) to probe, and the good codes.
 HTTP_CHECK_TAG = "cloudmap-reactor:http-check"
 HTTP_CHECK_CODES_TAG = "cloudmap-reactor:http-check-codes"
+# Readiness by ECS health: a running task is held out of Cloud Map until ECS reports it HEALTHY.
+HOLD_UNTIL_HEALTHY_TAG = "cloudmap-reactor:hold-until-healthy"
 
 
 class TagScope(StrEnum):
@@ -45,6 +53,35 @@ class Outcome(StrEnum):
     ALREADY_GONE = "already_gone"
     DRY_RUN = "dry_run"
     FAILED = "failed"
+
+
+RUNNING = "RUNNING"
+STOPPED = "STOPPED"
+UNHEALTHY = "UNHEALTHY"
+HEALTHY = "HEALTHY"
+# lastStatus values of a task on its way out.
+LEAVING = frozenset({"DEACTIVATING", "STOPPING", "DEPROVISIONING", "STOPPED", "DELETED"})
+# What an ECS task id looks like (Cloud Map instance ids of ECS tasks are task ids).
+TASK_ID_PATTERN = re.compile(r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def is_running(task: TaskSnapshot) -> bool:
+    """Running and meant to keep running: the only tasks that serve, and the only ones judged for health."""
+    return task.last_status == RUNNING and task.desired_status == RUNNING
+
+
+def is_leaving(task: TaskSnapshot) -> bool:
+    """ECS has decided to stop the task, or it has stopped: it may leave Cloud Map at once."""
+    return task.desired_status == STOPPED or task.last_status in LEAVING
+
+
+def is_unhealthy_and_running(task: TaskSnapshot) -> bool:
+    """ECS reports UNHEALTHY while the task runs; ``UNKNOWN`` (no health check, start period) never counts."""
+    return task.health_status == UNHEALTHY and is_running(task)
+
+
+def looks_like_task_id(instance_id: str) -> bool:
+    return TASK_ID_PATTERN.fullmatch(instance_id) is not None
 
 
 def cloudmap_service_id(discovery_arn: str) -> str | None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import Enum
 from typing import Protocol
 
+from cloudmap_reactor.core.decisions import InstanceKey, ProbeStreak, QuarantineRecord
 from cloudmap_reactor.core.model import EcsService, TaskSnapshot
 from cloudmap_reactor.core.probing import ProbeResult, ProbeTarget
 
@@ -26,6 +27,12 @@ class InstanceRemover(Protocol):
         ...
 
 
+class InstanceRegistrar(InstanceRemover, Protocol):
+    def register_instance(self, cloudmap_service_id: str, instance_id: str, attributes: Mapping[str, str]) -> None:
+        """Register one instance with exactly these attributes (a quarantined instance coming back)."""
+        ...
+
+
 class CloudMapRegistry(InstanceRemover, Protocol):
     def list_instances(self, cloudmap_service_id: str) -> dict[str, dict[str, str]]:
         """Instance id -> attributes (address, port, ...) of every instance registered in one Cloud Map service."""
@@ -40,6 +47,36 @@ class ServiceRedeployer(Protocol):
     def force_new_deployment(self, cluster_arn: str, service_name: str) -> None:
         """Replace every task of the service (they pick up the endpoints that exist now)."""
         ...
+
+
+class TaskStopper(Protocol):
+    def stop_task(self, cluster_arn: str, task_arn: str, reason: str) -> None:
+        """Stop one task (ECS starts a replacement to keep the service's desired count)."""
+        ...
+
+
+class QuarantineLedger(Protocol):
+    def quarantined(self) -> tuple[list[QuarantineRecord], int]:
+        """Every quarantine record, and how many stored items could not be read as one."""
+        ...
+
+    def record(self, record: QuarantineRecord) -> QuarantineRecord:
+        """Write the record (stamped now); raise ``AwsCallFailed`` when it could not be written."""
+        ...
+
+    def forget(self, record: QuarantineRecord) -> bool:
+        """Delete the record; False when it was already gone."""
+        ...
+
+    def load_streaks(self) -> dict[InstanceKey, ProbeStreak]: ...
+
+    def save_streaks(self, streaks: Mapping[InstanceKey, ProbeStreak]) -> None: ...
+
+    def hold_lease(self, owner: str, seconds: float) -> bool:
+        """Take or renew the poller's lease; False when another invocation holds it."""
+        ...
+
+    def release_lease(self, owner: str) -> None: ...
 
 
 class ServiceDirectory(Protocol):

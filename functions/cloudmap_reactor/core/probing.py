@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeAlias
@@ -278,47 +278,3 @@ class ProbeResult:
     status: int | None = None
     error: str | None = None  # why it failed: "timeout", "connection refused", "status 500", ...
     duration_ms: float = 0.0
-
-
-class FailureCounter:
-    """Consecutive failed probes per instance, like a load balancer's (``core.decide`` owns the threshold).
-
-    One success resets the count. An instance that is no longer probed (its task left, or it was
-    deregistered) is forgotten; a skipped probe leaves the count as it was. It also decides the
-    order of the next pass's probes, which matters when a pass cannot probe everything in its time
-    bound: instances on their way to the threshold first, then the longest unprobed.
-    """
-
-    def __init__(self) -> None:
-        self._failures: dict[tuple[str, str], int] = {}
-        self._probed_on: dict[tuple[str, str], int] = {}  # key -> the record() call it was last probed in
-        self._records = 0
-
-    def record(self, results: Iterable[ProbeResult], *, still_probed: Iterable[tuple[str, str]]) -> None:
-        self._records += 1
-        kept = set(still_probed)
-        self._failures = {key: n for key, n in self._failures.items() if key in kept}
-        self._probed_on = {key: n for key, n in self._probed_on.items() if key in kept}
-        for result in results:
-            key = result.target.key
-            if result.verdict is ProbeVerdict.SKIPPED:
-                continue
-            self._probed_on[key] = self._records
-            if result.verdict is ProbeVerdict.HEALTHY:
-                self._failures.pop(key, None)
-            else:
-                self._failures[key] = self._failures.get(key, 0) + 1
-
-    def in_probing_order(self, targets: Iterable[ProbeTarget]) -> list[ProbeTarget]:
-        """Failing instances first (most failures first), then the least recently probed (never: first)."""
-        return sorted(
-            targets,
-            key=lambda t: (-self._failures.get(t.key, 0), self._probed_on.get(t.key, 0), t.key),
-        )
-
-    def failures(self, key: tuple[str, str]) -> int:
-        return self._failures.get(key, 0)
-
-    def counts(self) -> dict[tuple[str, str], int]:
-        """(Cloud Map service id, instance id) -> consecutive failed probes, of every failing instance."""
-        return dict(self._failures)

@@ -20,11 +20,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from cloudmap_reactor import wiring
 from cloudmap_reactor.core.http_checks import ProblemKind
 from cloudmap_reactor.core.poll_loop import SAFETY_MARGIN_SECONDS, PollLoop, poll_window_seconds
+from cloudmap_reactor.core.ports import AwsCallFailed
 from cloudmap_reactor.core.probing import ProbeVerdict
-from cloudmap_reactor.handlers.reporting import report_deregistrations
+from cloudmap_reactor.handlers.reporting import report_deregistrations, report_ledger
 from cloudmap_reactor.observability import MetricName, count, count_with_reason, logger, metrics, tracer
 from cloudmap_reactor.poller.reading import ClusterSkipped
-from cloudmap_reactor.poller.scanner import HealthPassResult
+from cloudmap_reactor.poller.scanner import HealthPassResult, HealthScanner
 
 wiring.policy()  # a bad environment stops the function here, at its cold start, naming the variable
 
@@ -39,7 +40,7 @@ class HealthScanIncomplete(RuntimeError):
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     deps = wiring.poller_deps()
     policy = deps.policy
-    scanner = deps.new_scanner()
+    scanner = deps.new_scanner(owner=context.aws_request_id)
     remaining = context.get_remaining_time_in_millis() / 1000
     # No AWS call of any pass may run into the time kept free at the end of the invocation.
     deadline = time.monotonic() + max(0.0, remaining - SAFETY_MARGIN_SECONDS / 2)
@@ -56,7 +57,10 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         totals["unhealthy_found"] += len(result.unhealthy)
         totals["deregistrations"] += len(result.deregistrations)
 
-    passes = PollLoop(interval=policy.poll_interval_seconds, window=window).run(one_pass)
+    try:
+        passes = PollLoop(interval=policy.poll_interval_seconds, window=window).run(one_pass)
+    finally:
+        _close_invocation(deps, scanner)
     summary = {
         "passes": passes,
         "window_seconds": round(window, 1),
@@ -70,8 +74,22 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     return {"status": "completed", **summary}
 
 
+def _close_invocation(deps: wiring.PollerDeps, scanner: HealthScanner) -> None:
+    """Release the lease (the next invocation acts at once) and keep the probe streaks for the next container."""
+    try:
+        scanner.release_lease()
+        deps.save_history()
+    except AwsCallFailed as exc:  # the lease expires by itself; the streaks start again from the last save
+        logger.warning("Could not release the lease or save the probe streaks", extra={"error": str(exc)})
+
+
 def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool) -> None:
     """Log and publish one pass at once, so the heartbeat is not held until the invocation ends."""
+    if result.lease_elsewhere:
+        logger.info("Another poller invocation holds the lease: this pass does nothing")
+        metrics.flush_metrics(raise_on_empty_metrics=False)
+        return
+    report_ledger(result)
     for found in result.unhealthy:
         logger.warning(
             "Task is UNHEALTHY while RUNNING",

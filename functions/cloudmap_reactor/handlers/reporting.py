@@ -5,8 +5,61 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+from aws_lambda_powertools.metrics import MetricUnit
+
 from cloudmap_reactor.core.model import Deregistration, Outcome
-from cloudmap_reactor.observability import MetricName, count, count_with_reason, logger
+from cloudmap_reactor.observability import MetricName, count, count_with_reason, logger, metrics
+from cloudmap_reactor.poller.acting import Change
+from cloudmap_reactor.poller.scanner import HealthPassResult
+
+
+def report_ledger(result: HealthPassResult) -> None:
+    """Quarantined instances: what came back, what was forgotten or replaced, and the ledger's size and age."""
+    restored: Counter[str] = Counter()
+    errors = replaced = 0
+    for change in result.ledger:
+        record = change.record
+        fields = {
+            "cluster_arn": record.cluster_arn,
+            "ecs_service": record.service_name,
+            "task_arn": record.task_arn,
+            "cloudmap_service_id": record.cloudmap_service_id,
+            "instance_id": record.instance_id,
+            "reason": record.reason.value,
+            "quarantined_seconds": round(result.now - record.since, 1),
+        }
+        if change.error is not None:
+            logger.error(
+                f"Could not {_VERB[change.change]} a quarantined instance", extra={**fields, "error": change.error}
+            )
+            errors += change.change is Change.RESTORED
+        elif change.dry_run:
+            logger.info(f"DRY_RUN: would {_VERB[change.change]} a quarantined instance", extra=fields)
+        elif change.change is Change.RESTORED:
+            restored[record.reason.value] += 1
+            logger.info("Registered a recovered task again, with its recorded attributes", extra=fields)
+        elif change.change is Change.REPLACED:
+            replaced += 1
+            logger.warning("Stopped a task quarantined for failed probes (ECS replaces it)", extra=fields)
+        else:
+            logger.info("Forgot a quarantined task that ECS is stopping or no longer knows", extra=fields)
+    for reason, value in restored.items():
+        count_with_reason(MetricName.TASKS_RESTORED, reason, value)
+    if errors:
+        count(MetricName.RESTORE_ERRORS, errors)
+    if replaced:
+        count(MetricName.TASKS_REPLACED, replaced)
+    if result.ledger_unreadable:
+        logger.warning(
+            "Ledger items that are not quarantine records were skipped", extra={"items": result.ledger_unreadable}
+        )
+    count(MetricName.QUARANTINED_INSTANCES, len(result.quarantined))
+    metrics.add_metric(
+        name=MetricName.OLDEST_QUARANTINE_SECONDS.value, unit=MetricUnit.Seconds, value=result.oldest_quarantine_seconds
+    )
+
+
+_VERB = {Change.RESTORED: "register again", Change.FORGOTTEN: "forget", Change.REPLACED: "stop"}
 
 
 def report_deregistrations(records: Iterable[Deregistration]) -> None:

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 
 from cloudmap_reactor.adapters.deadline import DeadlineExceeded, aws_deadline, submit_in_context
 from cloudmap_reactor.config import Policy
-from cloudmap_reactor.core.decide import looks_like_task_id
 from cloudmap_reactor.core.http_checks import HttpChecks, ProbeProblem
-from cloudmap_reactor.core.model import EcsService, TaskSnapshot
+from cloudmap_reactor.core.model import EcsService, TaskSnapshot, looks_like_task_id
 from cloudmap_reactor.core.ports import AwsCallFailed, CloudMapRegistry, FleetReader
 from cloudmap_reactor.core.probing import HttpCheck
 from cloudmap_reactor.core.start_order import start_order_clients

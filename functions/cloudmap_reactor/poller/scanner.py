@@ -12,6 +12,7 @@ A ``HealthScanner`` lives for one invocation (its memory lasts that long). A pas
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -19,13 +20,22 @@ from dataclasses import dataclass, field
 from cloudmap_reactor.adapters.deadline import aws_deadline
 from cloudmap_reactor.config import Policy
 from cloudmap_reactor.core.decide import decide_cluster
-from cloudmap_reactor.core.decisions import ClusterSnapshot, Decision, GuardVerdict, OrphanInstance, UnhealthyTask
+from cloudmap_reactor.core.decisions import (
+    ClusterSnapshot,
+    Decision,
+    GuardVerdict,
+    InstanceKey,
+    OrphanInstance,
+    ProbeStreak,
+    QuarantineRecord,
+    UnhealthyTask,
+)
 from cloudmap_reactor.core.http_checks import FailedProbe, HttpChecks, ProbeProblem
 from cloudmap_reactor.core.model import Deregistration, EcsService
-from cloudmap_reactor.core.ports import AwsCallFailed
+from cloudmap_reactor.core.ports import AwsCallFailed, QuarantineLedger
 from cloudmap_reactor.core.probing import ProbeResult, ProbeTarget
 from cloudmap_reactor.core.start_order import StaleClient
-from cloudmap_reactor.poller.acting import Actor, Redeployment
+from cloudmap_reactor.poller.acting import Actor, LedgerChange, Redeployment
 from cloudmap_reactor.poller.memory import InvocationMemory
 from cloudmap_reactor.poller.reading import ALL_SERVICES, ClusterRead, ClusterSkipped, PassReader, ServiceReadFailure
 
@@ -59,6 +69,11 @@ class HealthPassResult:
     probe_problems: list[ProbeProblem] = field(default_factory=list)
     listings: int = 0
     listings_failed: int = 0
+    ledger: list[LedgerChange] = field(default_factory=list)
+    quarantined: list[QuarantineRecord] = field(default_factory=list)  # the ledger's records at the pass's start
+    ledger_unreadable: int = 0  # stored items that are not records: skipped, never acted on
+    lease_elsewhere: bool = False  # another poller invocation holds the lease: this pass did nothing
+    now: float = 0.0  # epoch seconds at the pass's start
 
     @property
     def unhealthy(self) -> list[UnhealthyTask]:
@@ -77,6 +92,10 @@ class HealthPassResult:
         return self.decision.stale_clients
 
     @property
+    def oldest_quarantine_seconds(self) -> float:
+        return max((self.now - r.since for r in self.quarantined), default=0.0)
+
+    @property
     def complete(self) -> bool:
         """Every in-scope cluster was read, and Cloud Map could be read: only then is the heartbeat emitted.
 
@@ -84,7 +103,7 @@ class HealthPassResult:
         depends on Cloud Map, so it does not count as done, even though its ECS reads worked.
         """
         cloudmap_unreadable = self.listings > 0 and self.listings_failed == self.listings
-        return not self.skipped_clusters and not cloudmap_unreadable
+        return not self.skipped_clusters and not cloudmap_unreadable and not self.lease_elsewhere
 
 
 class HealthScanner:
@@ -97,9 +116,15 @@ class HealthScanner:
         policy: Policy,
         actor: Actor | None,
         http: HttpChecks | None = None,
+        ledger: QuarantineLedger | None = None,
+        owner: str = "",
         phase: Phase = untraced,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._phase = phase
+        self._ledger = ledger
+        self._owner = owner  # the lease holder's name: the invocation's request id
+        self._clock = clock
         self._reader = reader
         self._policy = policy
         self._actor = actor
@@ -109,11 +134,16 @@ class HealthScanner:
     def run_pass(self, *, deadline: float) -> HealthPassResult:
         """One pass over every cluster in scope; ``deadline`` (monotonic) bounds every AWS call in it."""
         self.memory.next_pass()
-        result = HealthPassResult()
+        result = HealthPassResult(now=self._clock())
         with self._phase("read") as annotate:
             try:
                 with aws_deadline(deadline):
+                    if not self._hold_lease():
+                        result.lease_elsewhere = True
+                        return result
                     clusters = self._reader.clusters(self.memory)
+                    if self._ledger is not None:
+                        result.quarantined, result.ledger_unreadable = self._ledger.quarantined()
             except AwsCallFailed as exc:
                 result.skipped_clusters.append(ClusterSkipped(ALL_CLUSTERS, "Error", str(exc)))
                 return result
@@ -127,35 +157,60 @@ class HealthScanner:
             annotate("clusters", result.clusters_scanned)
             annotate("tasks", result.tasks_examined)
         with self._phase("probe") as annotate:
-            failures = self._probe(reads, result)
+            streaks = self._probe(reads, result)
             annotate("probes", len(result.probes))
         with self._phase("decide and act") as annotate:
             for read in reads:
-                self._decide_and_act(read, failures, deadline, result)
+                self._decide_and_act(read, streaks, deadline, result)
             annotate("actions", len(result.decision.actions))
         return result
 
-    def _probe(self, reads: list[ClusterRead], result: HealthPassResult) -> dict[tuple[str, str], int]:
+    def hold_lease_for(self) -> float:
+        """How long a pass's lease lasts: past the next pass, so a live poller never loses it."""
+        return max(30.0, 3 * self._policy.poll_interval_seconds)
+
+    def release_lease(self) -> None:
+        """At the end of the invocation: the next one acts at once, without waiting for an expiry."""
+        if self._ledger is not None and self._owner:
+            self._ledger.release_lease(self._owner)
+
+    def _hold_lease(self) -> bool:
+        if self._ledger is None or self._actor is None or not self._owner:
+            return True  # no ledger (local runs), or only planning: nothing to coordinate
+        return self._ledger.hold_lease(self._owner, self.hold_lease_for())
+
+    def _probe(self, reads: list[ClusterRead], result: HealthPassResult) -> dict[InstanceKey, ProbeStreak]:
+        """Probe registered and quarantined instances of the services with an HTTP check (one bounded call)."""
         if self._http is None:
             return {}
+        quarantined = {r.key for r in result.quarantined}
+        skip = self.memory.removed - quarantined  # a quarantined instance is probed: it may come back
         targets: list[tuple[ProbeTarget, EcsService]] = []
         for read in reads:
             for name, check in read.checks.items():
-                if name in read.managed:
-                    service = read.managed[name]
-                    tasks = [t for t in read.tasks if t.service_name == name]
-                    found, problems = self._http.targets(service, check, tasks, read.instances, self.memory.removed)
-                    targets.extend(found)
-                    result.probe_problems.extend(problems)
+                if name not in read.managed:
+                    continue
+                service = read.managed[name]
+                tasks = [t for t in read.tasks if t.service_name == name]
+                instances = {sid: dict(ids) for sid, ids in read.instances.items()}
+                for record in result.quarantined:
+                    if record.cluster_arn == read.cluster_arn and record.service_name == name:
+                        instances.setdefault(record.cloudmap_service_id, {})[record.instance_id] = dict(
+                            record.attributes
+                        )
+                found, problems = self._http.targets(service, check, tasks, instances, skip)
+                targets.extend(found)
+                result.probe_problems.extend(problems)
         probes = self._http.probe(targets)
         result.probes.extend(probes.results)
         result.failed_probes.extend(probes.failed)
-        return probes.consecutive_failures
+        return probes.streaks
 
     def _decide_and_act(
-        self, read: ClusterRead, failures: dict[tuple[str, str], int], deadline: float, result: HealthPassResult
+        self, read: ClusterRead, streaks: dict[InstanceKey, ProbeStreak], deadline: float, result: HealthPassResult
     ) -> None:
-        snapshot = self.snapshot(read, failures)
+        quarantined = tuple(r for r in result.quarantined if r.cluster_arn == read.cluster_arn)
+        snapshot = self.snapshot(read, streaks, quarantined, result.now)
         decision = decide_cluster(snapshot, self.memory.for_decisions(), self._policy)
         if decision.needs_listing:
             with aws_deadline(deadline):
@@ -169,7 +224,8 @@ class HealthScanner:
             )
             read.instances.update(listed)
             read.fresh.update(listed)
-            decision = decide_cluster(self.snapshot(read, failures), self.memory.for_decisions(), self._policy)
+            snapshot = self.snapshot(read, streaks, quarantined, result.now)
+            decision = decide_cluster(snapshot, self.memory.for_decisions(), self._policy)
             decision.needs_listing.clear()  # what still could not be listed is reported above, not guessed
         result.decision.merge(decision)
         if self._actor is None:
@@ -180,13 +236,20 @@ class HealthScanner:
         self.memory.redeployed.update(r.client.service.service_arn for r in acted.redeployments if r.error is None)
         result.deregistrations.extend(acted.deregistrations)
         result.redeployments.extend(acted.redeployments)
+        result.ledger.extend(acted.ledger)
         result.read_failures.extend(
             ServiceReadFailure(read.cluster_arn, r.client.service.service_name, r.error)
             for r in acted.redeployments
             if r.error is not None
         )
 
-    def snapshot(self, read: ClusterRead, failures: dict[tuple[str, str], int]) -> ClusterSnapshot:
+    def snapshot(
+        self,
+        read: ClusterRead,
+        streaks: dict[InstanceKey, ProbeStreak],
+        quarantined: tuple[QuarantineRecord, ...] = (),
+        now: float = 0.0,
+    ) -> ClusterSnapshot:
         """The decision module's view of one cluster's read (``doctor`` builds the same)."""
         return ClusterSnapshot(
             cluster_arn=read.cluster_arn,
@@ -196,7 +259,9 @@ class HealthScanner:
             reconcile=read.reconcile,
             departed=read.departed,
             endpoints_created=dict(self.memory.created),
-            probe_failures=failures,
+            probes=streaks,
+            quarantined=quarantined,
+            now=now,
             fresh=frozenset(read.fresh),
         )
 
