@@ -29,14 +29,17 @@ from moto import mock_aws  # noqa: E402
 
 from cloudmap_reactor import wiring  # noqa: E402
 from devtools.aws_emulator import FleetBuilder, aws_like_ecs  # noqa: E402
+from devtools.ledger_table import create_ledger_table  # noqa: E402
 
 EVENTS_DIR = Path(__file__).resolve().parent.parent / "events"
 
 
 @pytest.fixture
-def aws() -> Iterator[FleetBuilder]:
-    """A fresh local AWS (ECS + Cloud Map) per test, and a fresh 'container' for the handlers."""
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[FleetBuilder]:
+    """A fresh local AWS (ECS, Cloud Map, the ledger table as template.yaml declares it) per test,
+    and a fresh 'container' for the handlers, configured as the template configures them."""
     with mock_aws(), aws_like_ecs():
+        monkeypatch.setenv("LEDGER_TABLE", create_ledger_table(boto3.client("dynamodb")))
         wiring.reset()
         yield FleetBuilder(boto3.client("ecs"), boto3.client("servicediscovery"))
     wiring.reset()

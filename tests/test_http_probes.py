@@ -40,7 +40,12 @@ def http() -> Iterator[LocalHttpTargets]:
 
 @pytest.fixture
 def probing(env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """The poller as deployed in the tasks' VPC, with short timeouts so that tests stay quick."""
+    """The poller as deployed in the tasks' VPC, with short timeouts so that tests stay quick.
+
+    Without the ledger: these tests are about probing and the failure threshold on their own (no
+    readiness, removals one-way); tests/test_quarantine.py runs probes with the ledger.
+    """
+    env.delenv("LEDGER_TABLE")
     env.setenv("HTTP_PROBES", "true")
     env.setenv("PROBE_CONNECT_TIMEOUT_SECONDS", str(CONNECT_TIMEOUT))
     env.setenv("PROBE_READ_TIMEOUT_SECONDS", str(READ_TIMEOUT))
