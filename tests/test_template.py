@@ -45,6 +45,10 @@ REACTOR = "TaskStateReactorFunction"
 POLLER = "HealthPollerFunction"
 RULE = "TaskStateReactorFunctionTaskStopping"
 SCHEDULE = "HealthPollerFunctionSchedule"
+LEDGER = "LedgerTable"
+LEDGER_KEY = "LedgerTableKey"
+# What CloudFormation names the table (Ref): the functions get a name, not the evaluator's <Ref:…>.
+DEPLOYED_TABLE = f"{STACK}-{LEDGER}-1A2B3C4D5E6F7"
 
 Json = Any
 Params = Mapping[str, str]
@@ -221,6 +225,11 @@ def sub(text: str) -> str:
     return text.replace("{region}", REGION).replace("{account}", ACCOUNT)
 
 
+def as_deployed(env: Mapping[str, Json]) -> dict[str, str]:
+    """A function's environment as Lambda passes it: text, with the ledger table's Ref resolved to a name."""
+    return {name: DEPLOYED_TABLE if value == f"<Ref:{LEDGER}>" else str(value) for name, value in env.items()}
+
+
 # --------------------------------------------------------------------------------------------
 # Parameters and functions
 # --------------------------------------------------------------------------------------------
@@ -263,8 +272,18 @@ def test_template_defaults_are_the_policy_defaults() -> None:
     stack = Stack({})
     for logical_id in (REACTOR, POLLER):
         env = stack.properties(logical_id)["Environment"]["Variables"]
-        parsed = Policy.from_env({k: str(v) for k, v in env.items()})
-        for name in ("dry_run", "tag_scope", "min_healthy_percent", "poll_interval_seconds", "probe_failure_threshold"):
+        parsed = Policy.from_env(as_deployed(env))
+        for name in (
+            "dry_run",
+            "tag_scope",
+            "min_healthy_percent",
+            "poll_interval_seconds",
+            "probe_failure_threshold",
+            "probe_healthy_threshold",
+            "return_on_recovery",
+            "hold_until_healthy",
+            "replace_after_seconds",
+        ):
             env_name, _ = Policy.environment_of(name)
             if env_name in env:
                 assert getattr(parsed, name) == getattr(Policy(), name), name
@@ -349,7 +368,7 @@ def test_environment(stack: Stack) -> None:
     assert poller_env["REDEPLOY_STALE_CLIENTS"] == poller_env["STALE_CHECK_ALL_ENDPOINTS"] == "false"
     assert reactor_env["TAG_SCOPE"] == poller_env["TAG_SCOPE"] == "opt-out"
     # Whatever the template passes, the poller accepts at cold start and polls for 50 s of 60.
-    settings = Policy.from_env({k: str(v) for k, v in poller_env.items()})
+    settings = Policy.from_env(as_deployed(poller_env))
     assert settings.poll_schedule_seconds == 60
     assert settings.poll_window_seconds is None
 
@@ -396,6 +415,7 @@ def test_http_probe_parameters_reach_the_poller(stack: Stack) -> None:
         "PROBE_READ_TIMEOUT_SECONDS": "2",
         "PROBE_FAILURE_THRESHOLD": "3",
         "PROBE_CONCURRENCY": "32",
+        "PROBE_HEALTHY_THRESHOLD": "2",
         "PROBE_ALLOW_LOOPBACK": "false",  # fixed: only events/env.json (sam local) turns it on
     }
     assert "HTTP_PROBES" not in stack.properties(REACTOR)["Environment"]["Variables"]
@@ -420,8 +440,83 @@ def test_with_subnets_and_groups_the_poller_runs_in_the_vpc_and_probes() -> None
     assert poller["Environment"]["Variables"]["HTTP_PROBES"] == "true"
     assert VPC_POLICY in role_of(stack, POLLER)["ManagedPolicyArns"]  # to create its network interfaces
     assert "VpcConfig" not in stack.properties(REACTOR)
-    settings = Policy.from_env({k: str(v) for k, v in poller["Environment"]["Variables"].items()})
+    settings = Policy.from_env(as_deployed(poller["Environment"]["Variables"]))
     assert settings.http_probes
+
+
+def test_both_functions_record_in_the_ledger(stack: Stack) -> None:
+    reactor_env = stack.properties(REACTOR)["Environment"]["Variables"]
+    poller_env = stack.properties(POLLER)["Environment"]["Variables"]
+    for env in (reactor_env, poller_env):
+        assert env["LEDGER_TABLE"] == f"<Ref:{LEDGER}>"
+        assert env["HOLD_UNTIL_HEALTHY"] == "false"  # the reactor may hold a starting task too
+        assert Policy.from_env(as_deployed(env)).ledger_table == DEPLOYED_TABLE
+    assert poller_env["RETURN_ON_RECOVERY"] == "true"
+    assert poller_env["PROBE_HEALTHY_THRESHOLD"] == "2"
+    assert poller_env["REPLACE_AFTER_SECONDS"] == "0"
+    for poller_only in ("RETURN_ON_RECOVERY", "PROBE_HEALTHY_THRESHOLD", "REPLACE_AFTER_SECONDS"):
+        assert poller_only not in reactor_env, poller_only
+    settings = Policy.from_env(as_deployed(poller_env))
+    assert (settings.return_on_recovery, settings.probe_healthy_threshold) == (True, 2)
+    assert (settings.hold_until_healthy, settings.replace_after_seconds) == (False, 0)
+
+
+def test_quarantine_parameters_reach_the_functions() -> None:
+    stack = Stack(
+        {
+            "ReturnOnRecovery": "false",
+            "ProbeHealthyThreshold": "4",
+            "HoldUntilHealthy": "true",
+            "ReplaceAfterSeconds": "900",
+        }
+    )
+    reactor = Policy.from_env(as_deployed(stack.properties(REACTOR)["Environment"]["Variables"]))
+    poller = Policy.from_env(as_deployed(stack.properties(POLLER)["Environment"]["Variables"]))
+    assert reactor.hold_until_healthy
+    assert poller.hold_until_healthy
+    assert (poller.return_on_recovery, poller.probe_healthy_threshold, poller.replace_after_seconds) == (False, 4, 900)
+
+
+def test_quarantine_parameters_are_bounded_like_the_policy() -> None:
+    parameters = sam_template()["Parameters"]
+    assert parameters["ReturnOnRecovery"]["AllowedValues"] == ["true", "false"]
+    assert parameters["HoldUntilHealthy"]["AllowedValues"] == ["true", "false"]
+    assert (parameters["ProbeHealthyThreshold"]["MinValue"], parameters["ProbeHealthyThreshold"]["MaxValue"]) == (1, 10)
+    assert (parameters["ReplaceAfterSeconds"]["MinValue"], parameters["ReplaceAfterSeconds"]["MaxValue"]) == (0, 86400)
+
+
+def test_ledger_table(stack: Stack) -> None:
+    resource = stack.resources[LEDGER]
+    assert resource["Type"] == "AWS::DynamoDB::Table"
+    # The ledger is what lets quarantined instances be put back: it outlives the stack.
+    assert resource["DeletionPolicy"] == resource["UpdateReplacePolicy"] == "Retain"
+    table = stack.properties(LEDGER)
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["KeySchema"] == [
+        {"AttributeName": "pk", "KeyType": "HASH"},
+        {"AttributeName": "sk", "KeyType": "RANGE"},
+    ]
+    assert sorted(table["AttributeDefinitions"], key=lambda a: a["AttributeName"]) == [
+        {"AttributeName": "pk", "AttributeType": "S"},
+        {"AttributeName": "sk", "AttributeType": "S"},
+    ]
+    assert "GlobalSecondaryIndexes" not in table
+    assert "LocalSecondaryIndexes" not in table
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert "TableName" not in table, "a fixed table name clashes between two stacks"
+
+
+def test_ledger_table_is_encrypted_with_its_own_retained_key(stack: Stack) -> None:
+    sse = stack.properties(LEDGER)["SSESpecification"]
+    assert sse == {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": f"<{LEDGER_KEY}.Arn>"}
+    key = stack.resources[LEDGER_KEY]
+    assert key["Type"] == "AWS::KMS::Key"
+    # A retained table whose key was deleted could never be read again.
+    assert key["DeletionPolicy"] == key["UpdateReplacePolicy"] == "Retain"
+    assert key["Properties"]["EnableKeyRotation"] is True
+    (statement,) = key["Properties"]["KeyPolicy"]["Statement"]
+    assert statement["Principal"] == {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}  # usable only as IAM allows
 
 
 def test_poller_never_overlaps_and_is_never_retried(stack: Stack) -> None:
@@ -622,6 +717,19 @@ def test_roles_use_no_managed_policies_beyond_logs_and_xray(stack: Stack) -> Non
 ECS_SERVICES = sub("arn:aws:ecs:{region}:{account}:service/*")
 ECS_TASKS = sub("arn:aws:ecs:{region}:{account}:task/*")
 CLOUDMAP_SERVICES = sub("arn:aws:servicediscovery:{region}:{account}:service/*")
+LEDGER_ACTIONS = (
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:Query",
+)
+VIA_DYNAMODB = {"StringEquals": {"kms:ViaService": f"dynamodb.{REGION}.amazonaws.com"}}
+LEDGER_GRANTS: dict[str, list[tuple[Json, Json]]] = {
+    **{action: [(f"<{LEDGER}.Arn>", None)] for action in LEDGER_ACTIONS},
+    "kms:Decrypt": [(f"<{LEDGER_KEY}.Arn>", VIA_DYNAMODB)],
+    "kms:GenerateDataKey": [(f"<{LEDGER_KEY}.Arn>", VIA_DYNAMODB)],
+}
 
 
 def grants(stack: Stack, function: str) -> dict[str, list[tuple[Json, Json]]]:
@@ -639,6 +747,7 @@ def test_reactor_permissions(params: Params) -> None:
         "ecs:DescribeServices": [(ECS_SERVICES, None)],
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "sqs:SendMessage": [("<DeadLetterQueue.Arn>", None)],
+        **LEDGER_GRANTS,
     }
 
 
@@ -652,6 +761,7 @@ def test_poller_permissions_for_every_cluster(stack: Stack) -> None:
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetService": [(CLOUDMAP_SERVICES, None)],
+        **LEDGER_GRANTS,
     }
 
 
@@ -671,7 +781,24 @@ def test_poller_permissions_for_given_clusters(scoped_stack: Stack) -> None:
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetService": [(CLOUDMAP_SERVICES, None)],
+        **LEDGER_GRANTS,
     }
+
+
+@pytest.mark.parametrize("params", [{}, WITH_CLUSTERS], ids=["all-clusters", "given-clusters"])
+def test_the_ledger_is_reached_item_by_item_and_only_that_table(params: Params) -> None:
+    stack = Stack(params)
+    seen = set()
+    for logical_id, statement in all_policy_statements(stack):
+        for action in actions(statement):
+            if action.startswith("dynamodb:"):
+                assert action in LEDGER_ACTIONS, f"{logical_id}: {action}"  # no Scan, no table changes
+                assert statement["Resource"] == f"<{LEDGER}.Arn>", logical_id
+                seen.add(logical_id)
+            if action.startswith("kms:"):
+                assert statement["Resource"] == f"<{LEDGER_KEY}.Arn>", logical_id
+                assert statement["Condition"] == VIA_DYNAMODB, logical_id
+    assert len(seen) == 2, "both functions' roles use the ledger"
 
 
 # --------------------------------------------------------------------------------------------
@@ -850,6 +977,7 @@ def test_outputs(stack: Stack) -> None:
     assert outputs["TaskStateReactorFunctionArn"] == f"<{REACTOR}.Arn>"
     assert outputs["HealthPollerFunctionArn"] == f"<{POLLER}.Arn>"
     assert outputs["DeadLetterQueueUrl"] == "<Ref:DeadLetterQueue>"
+    assert outputs["LedgerTableName"] == f"<Ref:{LEDGER}>"
     assert outputs["AlarmTopicArn"] == "<Ref:AlarmTopic>"
     assert outputs["DashboardName"] == "<Ref:Dashboard>"
     assert outputs["DashboardUrl"].startswith(f"https://{REGION}.console.aws.amazon.com/cloudwatch/")
