@@ -479,6 +479,8 @@ def test_quarantine_parameters_reach_the_functions() -> None:
 
 def test_quarantine_parameters_are_bounded_like_the_policy() -> None:
     parameters = sam_template()["Parameters"]
+    reserved = parameters["PollerReservedConcurrency"]
+    assert (reserved["Default"], reserved["MinValue"], reserved["MaxValue"]) == (0, 0, 1000)
     assert parameters["ReturnOnRecovery"]["AllowedValues"] == ["true", "false"]
     assert parameters["HoldUntilHealthy"]["AllowedValues"] == ["true", "false"]
     assert (parameters["ProbeHealthyThreshold"]["MinValue"], parameters["ProbeHealthyThreshold"]["MaxValue"]) == (1, 10)
@@ -520,8 +522,14 @@ def test_ledger_table_is_encrypted_with_its_own_retained_key(stack: Stack) -> No
 
 
 def test_poller_never_overlaps_and_is_never_retried(stack: Stack) -> None:
-    assert stack.properties(POLLER)["ReservedConcurrentExecutions"] == 1
+    # A lease item in the ledger keeps one poller acting at a time: nothing reserved by default,
+    # so accounts at the 10-execution quota can deploy it.
+    assert "ReservedConcurrentExecutions" not in stack.properties(POLLER)
+    assert "dynamodb:PutItem" in grants(stack, POLLER)
+    reserved = Stack({"PollerReservedConcurrency": "1"})
+    assert reserved.properties(POLLER)["ReservedConcurrentExecutions"] == "1"
     assert "ReservedConcurrentExecutions" not in stack.properties(REACTOR)
+    assert "ReservedConcurrentExecutions" not in reserved.properties(REACTOR)
     configs = [
         p for p in (r.get("Properties", {}) for r in stack.of_type("AWS::Lambda::EventInvokeConfig").values())
         if p["FunctionName"] == f"<Ref:{POLLER}>"
