@@ -45,6 +45,8 @@ REACTOR = "TaskStateReactorFunction"
 POLLER = "HealthPollerFunction"
 RULE = "TaskStateReactorFunctionTaskStopping"
 SCHEDULE = "HealthPollerFunctionSchedule"
+READINESS_RULE = "TaskStateReactorReadinessRule"
+READINESS = {"ReadinessEvents": "true"}
 LEDGER = "LedgerTable"
 LEDGER_KEY = "LedgerTableKey"
 # What CloudFormation names the table (Ref): the functions get a name, not the evaluator's <Ref:…>.
@@ -635,6 +637,61 @@ def test_only_the_rule_may_send_dead_letters(stack: Stack) -> None:
     assert actions(allow) == ["sqs:SendMessage"]
     assert allow["Resource"] == "<DeadLetterQueue.Arn>"
     assert allow["Condition"] == {"ArnEquals": {"aws:SourceArn": f"<{RULE}.Arn>"}}
+
+
+def reactor_permissions(stack: Stack) -> list[dict[str, Json]]:
+    return [
+        p["Properties"] for p in stack.of_type("AWS::Lambda::Permission").values()
+        if p["Properties"]["FunctionName"] == f"<Ref:{REACTOR}>"
+    ]  # fmt: skip
+
+
+def test_no_readiness_rule_by_default(stack: Stack) -> None:
+    assert READINESS_RULE not in stack.resources
+    assert [p["SourceArn"] for p in reactor_permissions(stack)] == [f"<{RULE}.Arn>"]
+    assert sam_template()["Parameters"]["ReadinessEvents"]["Default"] == "false"
+
+
+@pytest.mark.parametrize("params", [{}, WITH_CLUSTERS], ids=["all-clusters", "given-clusters"])
+def test_readiness_rule_sends_running_tasks_to_the_reactor(params: Params) -> None:
+    stack = Stack({**params, **READINESS})
+    assert stack.resources[READINESS_RULE]["Type"] == "AWS::Events::Rule"
+    rule = stack.properties(READINESS_RULE)
+    detail: dict[str, Json] = {
+        "lastStatus": ["RUNNING"],
+        "desiredStatus": ["RUNNING"],
+        "group": [{"prefix": "service:"}],
+    }
+    if params:
+        detail["clusterArn"] = list(CLUSTERS)
+    assert rule["EventPattern"] == {"source": ["aws.ecs"], "detail-type": ["ECS Task State Change"], "detail": detail}
+    assert rule.get("State", "ENABLED") == "ENABLED"
+    # The stop rule is unchanged.
+    assert stack.properties(RULE)["EventPattern"]["detail"]["desiredStatus"] == ["STOPPED"]
+
+
+def test_readiness_rule_retries_and_dead_letters_like_the_stop_rule() -> None:
+    stack = Stack(READINESS)
+    (target,) = stack.properties(READINESS_RULE)["Targets"]
+    (stop_target,) = stack.properties(RULE)["Targets"]
+    assert target["Arn"] == f"<{REACTOR}.Arn>"
+    assert target["RetryPolicy"] == stop_target["RetryPolicy"]
+    assert target["DeadLetterConfig"] == stop_target["DeadLetterConfig"] == {"Arn": "<DeadLetterQueue.Arn>"}
+    assert sorted(reactor_permissions(stack), key=lambda p: p["SourceArn"]) == [
+        {
+            "Action": "lambda:InvokeFunction",
+            "FunctionName": f"<Ref:{REACTOR}>",
+            "Principal": "events.amazonaws.com",
+            "SourceArn": f"<{rule}.Arn>",
+        }
+        for rule in sorted((RULE, READINESS_RULE))
+    ]
+    (policy,) = (
+        p["Properties"] for p in stack.of_type("AWS::SQS::QueuePolicy").values()
+        if "<Ref:DeadLetterQueue>" in p["Properties"]["Queues"]
+    )  # fmt: skip
+    (allow,) = policy["PolicyDocument"]["Statement"]
+    assert allow["Condition"] == {"ArnEquals": {"aws:SourceArn": [f"<{RULE}.Arn>", f"<{READINESS_RULE}.Arn>"]}}
 
 
 # --------------------------------------------------------------------------------------------
