@@ -484,6 +484,10 @@ def test_quarantine_parameters_are_bounded_like_the_policy() -> None:
     reserved = parameters["PollerReservedConcurrency"]
     assert (reserved["Default"], reserved["MinValue"], reserved["MaxValue"]) == (0, 0, 1000)
     assert parameters["ReturnOnRecovery"]["AllowedValues"] == ["true", "false"]
+    assert (parameters["DnsNamespaces"]["Default"], parameters["DnsNamespaces"]["AllowedValues"]) == (
+        "false",
+        ["true", "false"],
+    )
     assert parameters["HoldUntilHealthy"]["AllowedValues"] == ["true", "false"]
     assert (parameters["ProbeHealthyThreshold"]["MinValue"], parameters["ProbeHealthyThreshold"]["MaxValue"]) == (1, 10)
     assert (parameters["ReplaceAfterSeconds"]["MinValue"], parameters["ReplaceAfterSeconds"]["MaxValue"]) == (0, 86400)
@@ -826,6 +830,8 @@ def test_poller_permissions_for_every_cluster(stack: Stack) -> None:
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetService": [(CLOUDMAP_SERVICES, None)],
+        "servicediscovery:RegisterInstance": [(CLOUDMAP_SERVICES, None)],
+        "servicediscovery:GetInstance": [(CLOUDMAP_SERVICES, None)],
         **LEDGER_GRANTS,
     }
 
@@ -846,8 +852,48 @@ def test_poller_permissions_for_given_clusters(scoped_stack: Stack) -> None:
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetService": [(CLOUDMAP_SERVICES, None)],
+        "servicediscovery:RegisterInstance": [(CLOUDMAP_SERVICES, None)],
+        "servicediscovery:GetInstance": [(CLOUDMAP_SERVICES, None)],
         **LEDGER_GRANTS,
     }
+
+
+def test_poller_may_stop_tasks_only_when_replacing_quarantined_ones() -> None:
+    assert "ecs:StopTask" not in grants(Stack({}), POLLER)
+    assert "ecs:StopTask" not in grants(Stack(WITH_CLUSTERS), POLLER)
+    replacing = {"ReplaceAfterSeconds": "600"}
+    assert grants(Stack(replacing), POLLER)["ecs:StopTask"] == [(ECS_TASKS, None)]
+    only_those_clusters = {"ArnEquals": {"ecs:cluster": list(CLUSTERS)}}
+    assert grants(Stack({**WITH_CLUSTERS, **replacing}), POLLER)["ecs:StopTask"] == [(ECS_TASKS, only_those_clusters)]
+    assert "ecs:StopTask" not in grants(Stack(replacing), REACTOR)
+
+
+HOSTED_ZONES = "arn:aws:route53:::hostedzone/*"
+HEALTH_CHECKS = "arn:aws:route53:::healthcheck/*"
+# What Cloud Map does in Route 53 with the caller's rights (AWS Cloud Map API permissions reference).
+DEREGISTER_IN_DNS = {
+    "route53:ChangeResourceRecordSets": [(HOSTED_ZONES, None)],
+    "route53:GetHealthCheck": [(HEALTH_CHECKS, None)],
+    "route53:UpdateHealthCheck": [(HEALTH_CHECKS, None)],
+    "route53:DeleteHealthCheck": [(HEALTH_CHECKS, None)],
+}
+REGISTER_IN_DNS = {**DEREGISTER_IN_DNS, "route53:CreateHealthCheck": [("*", None)]}  # no resource-level permissions
+
+
+def route53(grants: Mapping[str, Json]) -> dict[str, Json]:
+    return {action: where for action, where in grants.items() if action.startswith("route53:")}
+
+
+@pytest.mark.parametrize("params", [{}, WITH_CLUSTERS], ids=["all-clusters", "given-clusters"])
+def test_route53_only_for_dns_namespaces(params: Params) -> None:
+    stack, dns = Stack(params), Stack({**params, "DnsNamespaces": "true"})
+    assert route53(grants(stack, REACTOR)) == route53(grants(stack, POLLER)) == {}
+    assert route53(grants(dns, REACTOR)) == DEREGISTER_IN_DNS  # the reactor only deregisters
+    assert route53(grants(dns, POLLER)) == REGISTER_IN_DNS  # the poller registers recovered tasks again
+    for function in (REACTOR, POLLER):  # nothing else changes
+        others = {a: w for a, w in grants(dns, function).items() if not a.startswith("route53:")}
+        assert others == grants(stack, function), function
+    assert not any(a.startswith("ec2:") for f in (REACTOR, POLLER) for a in grants(dns, f))
 
 
 @pytest.mark.parametrize("params", [{}, WITH_CLUSTERS], ids=["all-clusters", "given-clusters"])
