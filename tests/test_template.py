@@ -981,6 +981,30 @@ ALARMS: dict[str, dict[str, Json]] = {
         "Threshold": 0,
         "ComparisonOperator": "GreaterThanThreshold",
     },
+    "RestoreErrorsAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "RestoreErrors",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Sum",
+        "Period": 60,
+        "EvaluationPeriods": 1,
+        "DatapointsToAlarm": 1,
+        "Threshold": 0,
+        "ComparisonOperator": "GreaterThanThreshold",
+        "TreatMissingData": "notBreaching",
+    },
+    "QuarantineAgeAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "OldestQuarantineSeconds",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Maximum",
+        "Period": 60,
+        "EvaluationPeriods": 1,
+        "DatapointsToAlarm": 1,
+        "Threshold": "1800",  # a parameter (QuarantineAlarmSeconds), as CloudFormation passes it
+        "ComparisonOperator": "GreaterThanThreshold",
+        "TreatMissingData": "notBreaching",
+    },
     "DeadLetterQueueAlarm": {
         "Namespace": "AWS/SQS",
         "MetricName": "ApproximateNumberOfMessagesVisible",
@@ -1009,6 +1033,12 @@ def test_alarm(namespaced_stack: Stack, alarm_id: str) -> None:
     assert alarm["OKActions"] == ["<Ref:AlarmTopic>"]
     assert alarm.get("ActionsEnabled", True) is True
     assert alarm["AlarmDescription"]
+
+
+def test_quarantine_alarm_threshold_is_a_parameter() -> None:
+    parameter = sam_template()["Parameters"]["QuarantineAlarmSeconds"]
+    assert (parameter["Default"], parameter["MinValue"], parameter["MaxValue"]) == (1800, 60, 86400)
+    assert Stack({"QuarantineAlarmSeconds": "600"}).properties("QuarantineAgeAlarm")["Threshold"] == "600"
 
 
 def test_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use(stack: Stack) -> None:
@@ -1057,6 +1087,10 @@ def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
         assert ("TasksDeregistered", "service", SERVICE, "Reason", reason) in custom
     for reason in ("TaskStopping", "Unhealthy", "ProbeFailed"):
         assert ("DryRunDeregistrations", "service", SERVICE, "Reason", reason) in custom
+    for reason in ("Unhealthy", "ProbeFailed", "NotReady"):
+        assert ("TasksRestored", "service", SERVICE, "Reason", reason) in custom
+    for reason in ("Throttled", "Deadline", "Error"):
+        assert ("ClusterSkipped", "service", SERVICE, "Reason", reason) in custom
     for name in (
         "DeregistrationErrors",
         "InvalidEvents",
@@ -1069,8 +1103,15 @@ def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
         "ClientsRedeployed",
         "ProbeFailures",
         "ProbeDuration",
+        "InvalidProbeTargets",
+        "QuarantinedInstances",
+        "OldestQuarantineSeconds",
+        "RestoreErrors",
+        "TasksReplaced",
     ):
         assert (name, "service", SERVICE) in custom, name
+    gauges = {m[1]: m[-1].get("stat") for m in metrics if m[1] in {"QuarantinedInstances", "OldestQuarantineSeconds"}}
+    assert set(gauges.values()) <= {None, "Maximum"}, "per-pass gauges are read as their maximum"
     probe_stats = {m[-1].get("stat") for m in metrics if m[1] == "ProbeDuration"}
     assert probe_stats == {"SampleCount", "p50", "p99", "Maximum"}
     duration_stats = {m[-1].get("stat") for m in metrics if m[1] == "HealthScanDuration"}
@@ -1081,6 +1122,17 @@ def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
         m[:4] for m in metrics
     ]
     assert all(m[0] in {NAMESPACE, "AWS/Lambda", "AWS/SQS"} for m in metrics), "namespace must follow the parameter"
+
+
+def test_dashboard_shows_every_alarm_and_the_quarantine_threshold(namespaced_stack: Stack) -> None:
+    (dashboard,) = namespaced_stack.of_type("AWS::CloudWatch::Dashboard").values()
+    widgets = json.loads(dashboard["Properties"]["DashboardBody"])["widgets"]
+    (alarms,) = (w["properties"]["alarms"] for w in widgets if w["type"] == "alarm")
+    assert sorted(alarms) == sorted(f"<{alarm_id}.Arn>" for alarm_id in ALARMS)
+    (oldest,) = (
+        w for w in widgets if w["type"] == "metric" and w["properties"]["metrics"][0][1] == "OldestQuarantineSeconds"
+    )
+    assert oldest["properties"]["annotations"]["horizontal"][0]["value"] == 1800  # QuarantineAlarmSeconds
 
 
 def test_outputs(stack: Stack) -> None:
