@@ -45,6 +45,12 @@ REACTOR = "TaskStateReactorFunction"
 POLLER = "HealthPollerFunction"
 RULE = "TaskStateReactorFunctionTaskStopping"
 SCHEDULE = "HealthPollerFunctionSchedule"
+READINESS_RULE = "TaskStateReactorReadinessRule"
+READINESS = {"ReadinessEvents": "true"}
+LEDGER = "LedgerTable"
+LEDGER_KEY = "LedgerTableKey"
+# What CloudFormation names the table (Ref): the functions get a name, not the evaluator's <Ref:…>.
+DEPLOYED_TABLE = f"{STACK}-{LEDGER}-1A2B3C4D5E6F7"
 
 Json = Any
 Params = Mapping[str, str]
@@ -221,6 +227,11 @@ def sub(text: str) -> str:
     return text.replace("{region}", REGION).replace("{account}", ACCOUNT)
 
 
+def as_deployed(env: Mapping[str, Json]) -> dict[str, str]:
+    """A function's environment as Lambda passes it: text, with the ledger table's Ref resolved to a name."""
+    return {name: DEPLOYED_TABLE if value == f"<Ref:{LEDGER}>" else str(value) for name, value in env.items()}
+
+
 # --------------------------------------------------------------------------------------------
 # Parameters and functions
 # --------------------------------------------------------------------------------------------
@@ -263,8 +274,18 @@ def test_template_defaults_are_the_policy_defaults() -> None:
     stack = Stack({})
     for logical_id in (REACTOR, POLLER):
         env = stack.properties(logical_id)["Environment"]["Variables"]
-        parsed = Policy.from_env({k: str(v) for k, v in env.items()})
-        for name in ("dry_run", "tag_scope", "min_healthy_percent", "poll_interval_seconds", "probe_failure_threshold"):
+        parsed = Policy.from_env(as_deployed(env))
+        for name in (
+            "dry_run",
+            "tag_scope",
+            "min_healthy_percent",
+            "poll_interval_seconds",
+            "probe_failure_threshold",
+            "probe_healthy_threshold",
+            "return_on_recovery",
+            "hold_until_healthy",
+            "replace_after_seconds",
+        ):
             env_name, _ = Policy.environment_of(name)
             if env_name in env:
                 assert getattr(parsed, name) == getattr(Policy(), name), name
@@ -349,7 +370,7 @@ def test_environment(stack: Stack) -> None:
     assert poller_env["REDEPLOY_STALE_CLIENTS"] == poller_env["STALE_CHECK_ALL_ENDPOINTS"] == "false"
     assert reactor_env["TAG_SCOPE"] == poller_env["TAG_SCOPE"] == "opt-out"
     # Whatever the template passes, the poller accepts at cold start and polls for 50 s of 60.
-    settings = Policy.from_env({k: str(v) for k, v in poller_env.items()})
+    settings = Policy.from_env(as_deployed(poller_env))
     assert settings.poll_schedule_seconds == 60
     assert settings.poll_window_seconds is None
 
@@ -396,6 +417,7 @@ def test_http_probe_parameters_reach_the_poller(stack: Stack) -> None:
         "PROBE_READ_TIMEOUT_SECONDS": "2",
         "PROBE_FAILURE_THRESHOLD": "3",
         "PROBE_CONCURRENCY": "32",
+        "PROBE_HEALTHY_THRESHOLD": "2",
         "PROBE_ALLOW_LOOPBACK": "false",  # fixed: only events/env.json (sam local) turns it on
     }
     assert "HTTP_PROBES" not in stack.properties(REACTOR)["Environment"]["Variables"]
@@ -420,13 +442,100 @@ def test_with_subnets_and_groups_the_poller_runs_in_the_vpc_and_probes() -> None
     assert poller["Environment"]["Variables"]["HTTP_PROBES"] == "true"
     assert VPC_POLICY in role_of(stack, POLLER)["ManagedPolicyArns"]  # to create its network interfaces
     assert "VpcConfig" not in stack.properties(REACTOR)
-    settings = Policy.from_env({k: str(v) for k, v in poller["Environment"]["Variables"].items()})
+    settings = Policy.from_env(as_deployed(poller["Environment"]["Variables"]))
     assert settings.http_probes
 
 
+def test_both_functions_record_in_the_ledger(stack: Stack) -> None:
+    reactor_env = stack.properties(REACTOR)["Environment"]["Variables"]
+    poller_env = stack.properties(POLLER)["Environment"]["Variables"]
+    for env in (reactor_env, poller_env):
+        assert env["LEDGER_TABLE"] == f"<Ref:{LEDGER}>"
+        assert env["HOLD_UNTIL_HEALTHY"] == "false"  # the reactor may hold a starting task too
+        assert Policy.from_env(as_deployed(env)).ledger_table == DEPLOYED_TABLE
+    assert poller_env["RETURN_ON_RECOVERY"] == "true"
+    assert poller_env["PROBE_HEALTHY_THRESHOLD"] == "2"
+    assert poller_env["REPLACE_AFTER_SECONDS"] == "0"
+    for poller_only in ("RETURN_ON_RECOVERY", "PROBE_HEALTHY_THRESHOLD", "REPLACE_AFTER_SECONDS"):
+        assert poller_only not in reactor_env, poller_only
+    settings = Policy.from_env(as_deployed(poller_env))
+    assert (settings.return_on_recovery, settings.probe_healthy_threshold) == (True, 2)
+    assert (settings.hold_until_healthy, settings.replace_after_seconds) == (False, 0)
+
+
+def test_quarantine_parameters_reach_the_functions() -> None:
+    stack = Stack(
+        {
+            "ReturnOnRecovery": "false",
+            "ProbeHealthyThreshold": "4",
+            "HoldUntilHealthy": "true",
+            "ReplaceAfterSeconds": "900",
+        }
+    )
+    reactor = Policy.from_env(as_deployed(stack.properties(REACTOR)["Environment"]["Variables"]))
+    poller = Policy.from_env(as_deployed(stack.properties(POLLER)["Environment"]["Variables"]))
+    assert reactor.hold_until_healthy
+    assert poller.hold_until_healthy
+    assert (poller.return_on_recovery, poller.probe_healthy_threshold, poller.replace_after_seconds) == (False, 4, 900)
+
+
+def test_quarantine_parameters_are_bounded_like_the_policy() -> None:
+    parameters = sam_template()["Parameters"]
+    reserved = parameters["PollerReservedConcurrency"]
+    assert (reserved["Default"], reserved["MinValue"], reserved["MaxValue"]) == (0, 0, 1000)
+    assert parameters["ReturnOnRecovery"]["AllowedValues"] == ["true", "false"]
+    assert (parameters["DnsNamespaces"]["Default"], parameters["DnsNamespaces"]["AllowedValues"]) == (
+        "false",
+        ["true", "false"],
+    )
+    assert parameters["HoldUntilHealthy"]["AllowedValues"] == ["true", "false"]
+    assert (parameters["ProbeHealthyThreshold"]["MinValue"], parameters["ProbeHealthyThreshold"]["MaxValue"]) == (1, 10)
+    assert (parameters["ReplaceAfterSeconds"]["MinValue"], parameters["ReplaceAfterSeconds"]["MaxValue"]) == (0, 86400)
+
+
+def test_ledger_table(stack: Stack) -> None:
+    resource = stack.resources[LEDGER]
+    assert resource["Type"] == "AWS::DynamoDB::Table"
+    # The ledger is what lets quarantined instances be put back: it outlives the stack.
+    assert resource["DeletionPolicy"] == resource["UpdateReplacePolicy"] == "Retain"
+    table = stack.properties(LEDGER)
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["KeySchema"] == [
+        {"AttributeName": "pk", "KeyType": "HASH"},
+        {"AttributeName": "sk", "KeyType": "RANGE"},
+    ]
+    assert sorted(table["AttributeDefinitions"], key=lambda a: a["AttributeName"]) == [
+        {"AttributeName": "pk", "AttributeType": "S"},
+        {"AttributeName": "sk", "AttributeType": "S"},
+    ]
+    assert "GlobalSecondaryIndexes" not in table
+    assert "LocalSecondaryIndexes" not in table
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert "TableName" not in table, "a fixed table name clashes between two stacks"
+
+
+def test_ledger_table_is_encrypted_with_its_own_retained_key(stack: Stack) -> None:
+    sse = stack.properties(LEDGER)["SSESpecification"]
+    assert sse == {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": f"<{LEDGER_KEY}.Arn>"}
+    key = stack.resources[LEDGER_KEY]
+    assert key["Type"] == "AWS::KMS::Key"
+    # A retained table whose key was deleted could never be read again.
+    assert key["DeletionPolicy"] == key["UpdateReplacePolicy"] == "Retain"
+    assert key["Properties"]["EnableKeyRotation"] is True
+    (statement,) = key["Properties"]["KeyPolicy"]["Statement"]
+    assert statement["Principal"] == {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}  # usable only as IAM allows
+
+
 def test_poller_never_overlaps_and_is_never_retried(stack: Stack) -> None:
-    assert stack.properties(POLLER)["ReservedConcurrentExecutions"] == 1
+    # A lease item in the ledger keeps one poller acting at a time: nothing reserved by default,
+    # so accounts at the 10-execution quota can deploy it.
+    assert "ReservedConcurrentExecutions" not in stack.properties(POLLER)
+    assert "dynamodb:PutItem" in grants(stack, POLLER)
+    reserved = Stack({"PollerReservedConcurrency": "1"})
+    assert reserved.properties(POLLER)["ReservedConcurrentExecutions"] == "1"
     assert "ReservedConcurrentExecutions" not in stack.properties(REACTOR)
+    assert "ReservedConcurrentExecutions" not in reserved.properties(REACTOR)
     configs = [
         p for p in (r.get("Properties", {}) for r in stack.of_type("AWS::Lambda::EventInvokeConfig").values())
         if p["FunctionName"] == f"<Ref:{POLLER}>"
@@ -534,6 +643,61 @@ def test_only_the_rule_may_send_dead_letters(stack: Stack) -> None:
     assert allow["Condition"] == {"ArnEquals": {"aws:SourceArn": f"<{RULE}.Arn>"}}
 
 
+def reactor_permissions(stack: Stack) -> list[dict[str, Json]]:
+    return [
+        p["Properties"] for p in stack.of_type("AWS::Lambda::Permission").values()
+        if p["Properties"]["FunctionName"] == f"<Ref:{REACTOR}>"
+    ]  # fmt: skip
+
+
+def test_no_readiness_rule_by_default(stack: Stack) -> None:
+    assert READINESS_RULE not in stack.resources
+    assert [p["SourceArn"] for p in reactor_permissions(stack)] == [f"<{RULE}.Arn>"]
+    assert sam_template()["Parameters"]["ReadinessEvents"]["Default"] == "false"
+
+
+@pytest.mark.parametrize("params", [{}, WITH_CLUSTERS], ids=["all-clusters", "given-clusters"])
+def test_readiness_rule_sends_running_tasks_to_the_reactor(params: Params) -> None:
+    stack = Stack({**params, **READINESS})
+    assert stack.resources[READINESS_RULE]["Type"] == "AWS::Events::Rule"
+    rule = stack.properties(READINESS_RULE)
+    detail: dict[str, Json] = {
+        "lastStatus": ["RUNNING"],
+        "desiredStatus": ["RUNNING"],
+        "group": [{"prefix": "service:"}],
+    }
+    if params:
+        detail["clusterArn"] = list(CLUSTERS)
+    assert rule["EventPattern"] == {"source": ["aws.ecs"], "detail-type": ["ECS Task State Change"], "detail": detail}
+    assert rule.get("State", "ENABLED") == "ENABLED"
+    # The stop rule is unchanged.
+    assert stack.properties(RULE)["EventPattern"]["detail"]["desiredStatus"] == ["STOPPED"]
+
+
+def test_readiness_rule_retries_and_dead_letters_like_the_stop_rule() -> None:
+    stack = Stack(READINESS)
+    (target,) = stack.properties(READINESS_RULE)["Targets"]
+    (stop_target,) = stack.properties(RULE)["Targets"]
+    assert target["Arn"] == f"<{REACTOR}.Arn>"
+    assert target["RetryPolicy"] == stop_target["RetryPolicy"]
+    assert target["DeadLetterConfig"] == stop_target["DeadLetterConfig"] == {"Arn": "<DeadLetterQueue.Arn>"}
+    assert sorted(reactor_permissions(stack), key=lambda p: p["SourceArn"]) == [
+        {
+            "Action": "lambda:InvokeFunction",
+            "FunctionName": f"<Ref:{REACTOR}>",
+            "Principal": "events.amazonaws.com",
+            "SourceArn": f"<{rule}.Arn>",
+        }
+        for rule in sorted((RULE, READINESS_RULE))
+    ]
+    (policy,) = (
+        p["Properties"] for p in stack.of_type("AWS::SQS::QueuePolicy").values()
+        if "<Ref:DeadLetterQueue>" in p["Properties"]["Queues"]
+    )  # fmt: skip
+    (allow,) = policy["PolicyDocument"]["Statement"]
+    assert allow["Condition"] == {"ArnEquals": {"aws:SourceArn": [f"<{RULE}.Arn>", f"<{READINESS_RULE}.Arn>"]}}
+
+
 # --------------------------------------------------------------------------------------------
 # Poller schedule
 # --------------------------------------------------------------------------------------------
@@ -622,6 +786,19 @@ def test_roles_use_no_managed_policies_beyond_logs_and_xray(stack: Stack) -> Non
 ECS_SERVICES = sub("arn:aws:ecs:{region}:{account}:service/*")
 ECS_TASKS = sub("arn:aws:ecs:{region}:{account}:task/*")
 CLOUDMAP_SERVICES = sub("arn:aws:servicediscovery:{region}:{account}:service/*")
+LEDGER_ACTIONS = (
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:Query",
+)
+VIA_DYNAMODB = {"StringEquals": {"kms:ViaService": f"dynamodb.{REGION}.amazonaws.com"}}
+LEDGER_GRANTS: dict[str, list[tuple[Json, Json]]] = {
+    **{action: [(f"<{LEDGER}.Arn>", None)] for action in LEDGER_ACTIONS},
+    "kms:Decrypt": [(f"<{LEDGER_KEY}.Arn>", VIA_DYNAMODB)],
+    "kms:GenerateDataKey": [(f"<{LEDGER_KEY}.Arn>", VIA_DYNAMODB)],
+}
 
 
 def grants(stack: Stack, function: str) -> dict[str, list[tuple[Json, Json]]]:
@@ -639,6 +816,7 @@ def test_reactor_permissions(params: Params) -> None:
         "ecs:DescribeServices": [(ECS_SERVICES, None)],
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "sqs:SendMessage": [("<DeadLetterQueue.Arn>", None)],
+        **LEDGER_GRANTS,
     }
 
 
@@ -652,6 +830,9 @@ def test_poller_permissions_for_every_cluster(stack: Stack) -> None:
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetService": [(CLOUDMAP_SERVICES, None)],
+        "servicediscovery:RegisterInstance": [(CLOUDMAP_SERVICES, None)],
+        "servicediscovery:GetInstance": [(CLOUDMAP_SERVICES, None)],
+        **LEDGER_GRANTS,
     }
 
 
@@ -671,7 +852,64 @@ def test_poller_permissions_for_given_clusters(scoped_stack: Stack) -> None:
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetService": [(CLOUDMAP_SERVICES, None)],
+        "servicediscovery:RegisterInstance": [(CLOUDMAP_SERVICES, None)],
+        "servicediscovery:GetInstance": [(CLOUDMAP_SERVICES, None)],
+        **LEDGER_GRANTS,
     }
+
+
+def test_poller_may_stop_tasks_only_when_replacing_quarantined_ones() -> None:
+    assert "ecs:StopTask" not in grants(Stack({}), POLLER)
+    assert "ecs:StopTask" not in grants(Stack(WITH_CLUSTERS), POLLER)
+    replacing = {"ReplaceAfterSeconds": "600"}
+    assert grants(Stack(replacing), POLLER)["ecs:StopTask"] == [(ECS_TASKS, None)]
+    only_those_clusters = {"ArnEquals": {"ecs:cluster": list(CLUSTERS)}}
+    assert grants(Stack({**WITH_CLUSTERS, **replacing}), POLLER)["ecs:StopTask"] == [(ECS_TASKS, only_those_clusters)]
+    assert "ecs:StopTask" not in grants(Stack(replacing), REACTOR)
+
+
+HOSTED_ZONES = "arn:aws:route53:::hostedzone/*"
+HEALTH_CHECKS = "arn:aws:route53:::healthcheck/*"
+# What Cloud Map does in Route 53 with the caller's rights (AWS Cloud Map API permissions reference).
+DEREGISTER_IN_DNS = {
+    "route53:ChangeResourceRecordSets": [(HOSTED_ZONES, None)],
+    "route53:GetHealthCheck": [(HEALTH_CHECKS, None)],
+    "route53:UpdateHealthCheck": [(HEALTH_CHECKS, None)],
+    "route53:DeleteHealthCheck": [(HEALTH_CHECKS, None)],
+}
+REGISTER_IN_DNS = {**DEREGISTER_IN_DNS, "route53:CreateHealthCheck": [("*", None)]}  # no resource-level permissions
+
+
+def route53(grants: Mapping[str, Json]) -> dict[str, Json]:
+    return {action: where for action, where in grants.items() if action.startswith("route53:")}
+
+
+@pytest.mark.parametrize("params", [{}, WITH_CLUSTERS], ids=["all-clusters", "given-clusters"])
+def test_route53_only_for_dns_namespaces(params: Params) -> None:
+    stack, dns = Stack(params), Stack({**params, "DnsNamespaces": "true"})
+    assert route53(grants(stack, REACTOR)) == route53(grants(stack, POLLER)) == {}
+    assert route53(grants(dns, REACTOR)) == DEREGISTER_IN_DNS  # the reactor only deregisters
+    assert route53(grants(dns, POLLER)) == REGISTER_IN_DNS  # the poller registers recovered tasks again
+    for function in (REACTOR, POLLER):  # nothing else changes
+        others = {a: w for a, w in grants(dns, function).items() if not a.startswith("route53:")}
+        assert others == grants(stack, function), function
+    assert not any(a.startswith("ec2:") for f in (REACTOR, POLLER) for a in grants(dns, f))
+
+
+@pytest.mark.parametrize("params", [{}, WITH_CLUSTERS], ids=["all-clusters", "given-clusters"])
+def test_the_ledger_is_reached_item_by_item_and_only_that_table(params: Params) -> None:
+    stack = Stack(params)
+    seen = set()
+    for logical_id, statement in all_policy_statements(stack):
+        for action in actions(statement):
+            if action.startswith("dynamodb:"):
+                assert action in LEDGER_ACTIONS, f"{logical_id}: {action}"  # no Scan, no table changes
+                assert statement["Resource"] == f"<{LEDGER}.Arn>", logical_id
+                seen.add(logical_id)
+            if action.startswith("kms:"):
+                assert statement["Resource"] == f"<{LEDGER_KEY}.Arn>", logical_id
+                assert statement["Condition"] == VIA_DYNAMODB, logical_id
+    assert len(seen) == 2, "both functions' roles use the ledger"
 
 
 # --------------------------------------------------------------------------------------------
@@ -743,6 +981,30 @@ ALARMS: dict[str, dict[str, Json]] = {
         "Threshold": 0,
         "ComparisonOperator": "GreaterThanThreshold",
     },
+    "RestoreErrorsAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "RestoreErrors",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Sum",
+        "Period": 60,
+        "EvaluationPeriods": 1,
+        "DatapointsToAlarm": 1,
+        "Threshold": 0,
+        "ComparisonOperator": "GreaterThanThreshold",
+        "TreatMissingData": "notBreaching",
+    },
+    "QuarantineAgeAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "OldestQuarantineSeconds",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Maximum",
+        "Period": 60,
+        "EvaluationPeriods": 1,
+        "DatapointsToAlarm": 1,
+        "Threshold": "1800",  # a parameter (QuarantineAlarmSeconds), as CloudFormation passes it
+        "ComparisonOperator": "GreaterThanThreshold",
+        "TreatMissingData": "notBreaching",
+    },
     "DeadLetterQueueAlarm": {
         "Namespace": "AWS/SQS",
         "MetricName": "ApproximateNumberOfMessagesVisible",
@@ -771,6 +1033,12 @@ def test_alarm(namespaced_stack: Stack, alarm_id: str) -> None:
     assert alarm["OKActions"] == ["<Ref:AlarmTopic>"]
     assert alarm.get("ActionsEnabled", True) is True
     assert alarm["AlarmDescription"]
+
+
+def test_quarantine_alarm_threshold_is_a_parameter() -> None:
+    parameter = sam_template()["Parameters"]["QuarantineAlarmSeconds"]
+    assert (parameter["Default"], parameter["MinValue"], parameter["MaxValue"]) == (1800, 60, 86400)
+    assert Stack({"QuarantineAlarmSeconds": "600"}).properties("QuarantineAgeAlarm")["Threshold"] == "600"
 
 
 def test_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use(stack: Stack) -> None:
@@ -819,6 +1087,10 @@ def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
         assert ("TasksDeregistered", "service", SERVICE, "Reason", reason) in custom
     for reason in ("TaskStopping", "Unhealthy", "ProbeFailed"):
         assert ("DryRunDeregistrations", "service", SERVICE, "Reason", reason) in custom
+    for reason in ("Unhealthy", "ProbeFailed", "NotReady"):
+        assert ("TasksRestored", "service", SERVICE, "Reason", reason) in custom
+    for reason in ("Throttled", "Deadline", "Error"):
+        assert ("ClusterSkipped", "service", SERVICE, "Reason", reason) in custom
     for name in (
         "DeregistrationErrors",
         "InvalidEvents",
@@ -831,8 +1103,15 @@ def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
         "ClientsRedeployed",
         "ProbeFailures",
         "ProbeDuration",
+        "InvalidProbeTargets",
+        "QuarantinedInstances",
+        "OldestQuarantineSeconds",
+        "RestoreErrors",
+        "TasksReplaced",
     ):
         assert (name, "service", SERVICE) in custom, name
+    gauges = {m[1]: m[-1].get("stat") for m in metrics if m[1] in {"QuarantinedInstances", "OldestQuarantineSeconds"}}
+    assert set(gauges.values()) <= {None, "Maximum"}, "per-pass gauges are read as their maximum"
     probe_stats = {m[-1].get("stat") for m in metrics if m[1] == "ProbeDuration"}
     assert probe_stats == {"SampleCount", "p50", "p99", "Maximum"}
     duration_stats = {m[-1].get("stat") for m in metrics if m[1] == "HealthScanDuration"}
@@ -845,11 +1124,23 @@ def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
     assert all(m[0] in {NAMESPACE, "AWS/Lambda", "AWS/SQS"} for m in metrics), "namespace must follow the parameter"
 
 
+def test_dashboard_shows_every_alarm_and_the_quarantine_threshold(namespaced_stack: Stack) -> None:
+    (dashboard,) = namespaced_stack.of_type("AWS::CloudWatch::Dashboard").values()
+    widgets = json.loads(dashboard["Properties"]["DashboardBody"])["widgets"]
+    (alarms,) = (w["properties"]["alarms"] for w in widgets if w["type"] == "alarm")
+    assert sorted(alarms) == sorted(f"<{alarm_id}.Arn>" for alarm_id in ALARMS)
+    (oldest,) = (
+        w for w in widgets if w["type"] == "metric" and w["properties"]["metrics"][0][1] == "OldestQuarantineSeconds"
+    )
+    assert oldest["properties"]["annotations"]["horizontal"][0]["value"] == 1800  # QuarantineAlarmSeconds
+
+
 def test_outputs(stack: Stack) -> None:
     outputs = {name: stack.resolve(o["Value"]) for name, o in stack.template["Outputs"].items()}
     assert outputs["TaskStateReactorFunctionArn"] == f"<{REACTOR}.Arn>"
     assert outputs["HealthPollerFunctionArn"] == f"<{POLLER}.Arn>"
     assert outputs["DeadLetterQueueUrl"] == "<Ref:DeadLetterQueue>"
+    assert outputs["LedgerTableName"] == f"<Ref:{LEDGER}>"
     assert outputs["AlarmTopicArn"] == "<Ref:AlarmTopic>"
     assert outputs["DashboardName"] == "<Ref:Dashboard>"
     assert outputs["DashboardUrl"].startswith(f"https://{REGION}.console.aws.amazon.com/cloudwatch/")
