@@ -25,7 +25,7 @@ from requests.adapters import BaseAdapter
 from urllib3.util import parse_url
 
 from cloudmap_reactor import wiring
-from cloudmap_reactor.core.model import HTTP_CHECK_TAG
+from cloudmap_reactor.core.model import HTTP_CHECK_TAG, Reason
 from cloudmap_reactor.core.probing import (
     IPV4_ATTRIBUTE,
     IPV6_ATTRIBUTE,
@@ -295,7 +295,8 @@ def test_refused_targets_get_no_request_and_the_other_instances_are_still_judged
     """Four tasks at good addresses (one answers 500) and six whose attributes are hostile, in one service.
 
     Only the four good URLs are ever requested; each hostile instance is reported once, as an invalid
-    target, and stays registered; the failing good one still leaves after three passes.
+    target, and stays registered; the failing good one, never ready, leaves on the first pass
+    (NotReady, quarantined) and is still probed, to come back when it answers.
     """
     aws.create_cluster("prod")
     service = aws.create_service("prod", "orders", discovery_names=["orders"], tags={HTTP_CHECK_TAG: "/healthz"})
@@ -315,11 +316,16 @@ def test_refused_targets_get_no_request_and_the_other_instances_are_still_judged
 
     good_urls = {f"http://10.0.1.{n}:8080/healthz" for n in range(1, 5)}
     assert set(transport.urls) == good_urls
-    assert len(transport.urls) == 4 + 4 + 4 + 3  # the failing one is not probed once it left
+    assert len(transport.urls) == 4 * 4  # the quarantined one is probed too: it may recover
     first_problems = sorted((p.instance_id, p.kind, p.cloudmap_service_id) for p in results[0].probe_problems)
     assert first_problems == sorted((task_id(arn), "invalid_target", sid) for arn in hostile)
     assert [r.probe_problems for r in results[1:]] == [[], [], []]  # once per instance, not every pass
-    assert [[d.task_arn for d in r.deregistrations] for r in results] == [[], [], [good[3]], []]
+    assert [[(d.task_arn, d.reason) for d in r.deregistrations] for r in results] == [
+        [(good[3], Reason.NOT_READY)],
+        [],
+        [],
+        [],
+    ]
     assert aws.instance_ids(sid) == {task_id(arn) for arn in good[:3] + hostile}
 
 
