@@ -1,10 +1,11 @@
 """AWS faults: botocore retries them (adaptive mode), then the handler raises so nothing is lost.
 
-Two kinds of fault, each a real new attempt through botocore's retry machinery (only the
-back-off sleep is skipped):
+Faults, each a real new attempt through botocore's retry machinery, on virtual time
+(``tests/virtual_time.py``: back-offs and the adaptive token bucket take no real time):
 
-* a 503 ``ServiceUnavailableException`` answered by the local emulator itself, and
-* a read timeout raised before the request reaches the emulator.
+* a 503 ``ServiceUnavailableException`` answered by the local emulator itself,
+* a read timeout raised before the request reaches the emulator, and
+* a ``ThrottlingException`` answered by the emulator, for longer than botocore retries.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from cloudmap_reactor.adapters.clients import TOTAL_MAX_ATTEMPTS, cloudmap_clien
 from cloudmap_reactor.handlers import task_state_change
 from devtools.aws_emulator import FleetBuilder, SeededService
 from devtools.local_lambda import FakeLambdaContext
+from tests import virtual_time
 from tests.conftest import task_event
+from tests.virtual_time import VirtualTime
 
 
 class ServiceUnavailable(JsonRESTError):
@@ -44,8 +47,9 @@ class Faults:
 
 
 @pytest.fixture(autouse=True)
-def no_backoff_sleep(mocker: Any) -> None:
-    mocker.patch("botocore.endpoint.time.sleep")
+def clock(aws: FleetBuilder, mocker: Any) -> VirtualTime:
+    """Virtual time. After ``aws``: the emulator patches below are undone before the emulator's own."""
+    return virtual_time.install(mocker)
 
 
 @pytest.fixture
@@ -130,33 +134,53 @@ class Throttled(JsonRESTError):
         super().__init__("ThrottlingException", "Rate exceeded")
 
 
-def test_poller_throttled_beyond_botocore_retries_finishes_late_rather_than_failing(
-    aws: FleetBuilder, orders: SeededService, lambda_context: FakeLambdaContext, mocker: Any
+def throttled(mocker: Any, backend: Any, method: str, failures: int) -> Faults:
+    """The emulator answers ``ThrottlingException`` to the first ``failures`` calls of ``backend.method``."""
+    faults = Faults(failures)
+    real = getattr(backend, method)
+
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if faults.should_fail():
+            raise Throttled
+        return real(self, *args, **kwargs)
+
+    mocker.patch.object(backend, method, call)
+    return faults
+
+
+def test_poller_throttled_beyond_botocore_retries_fails_that_clusters_read_for_the_pass(
+    aws: FleetBuilder,
+    orders: SeededService,
+    lambda_context: FakeLambdaContext,
+    read_output: Any,
+    clock: VirtualTime,
+    mocker: Any,
 ) -> None:
+    """One retry layer: botocore's attempts, then the read fails; nothing walks the cluster again."""
     from moto.ecs.models import EC2ContainerServiceBackend
 
     from cloudmap_reactor import wiring
     from cloudmap_reactor.handlers import health_poller
     from tests.conftest import load_event
 
-    mocker.patch("cloudmap_reactor.adapters.ecs.THROTTLE_BACKOFF_SECONDS", 0)
     aws.set_health(orders.task_arns[0], "UNHEALTHY")
-    faults = Faults(TOTAL_MAX_ATTEMPTS + 2)  # more than botocore alone retries
-    real = EC2ContainerServiceBackend.describe_tasks
+    faults = throttled(mocker, EC2ContainerServiceBackend, "describe_tasks", 1000)
 
-    def describe_tasks(self: Any, cluster: str, tasks: list[str]) -> Any:
-        if faults.should_fail():
-            raise Throttled
-        return real(self, cluster, tasks)
+    with pytest.raises(health_poller.HealthScanIncomplete, match=orders.cluster_arn):
+        health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
 
-    mocker.patch.object(EC2ContainerServiceBackend, "describe_tasks", describe_tasks)
-
-    result = health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
-
-    assert result["status"] == "completed"
-    assert faults.attempts == TOTAL_MAX_ATTEMPTS + 3
-    assert aws.instance_ids(orders.cloudmap_service_ids[0]) == {orders.task_arns[1].rsplit("/", 1)[-1]}
+    assert faults.attempts == TOTAL_MAX_ATTEMPTS  # one DescribeTasks call, botocore's attempts, no adapter retry
+    assert sum(clock.slept) <= 1 + 2 + 4 + 8 + 16  # botocore's back-offs only (no adapter back-off)
+    assert aws.instance_ids(orders.cloudmap_service_ids[0]) == set(map(task_id, orders.task_arns))
     assert wiring.poller_deps().ecs_budget._penalty_until > 0
+    failure = next(r for r in read_output().logs if r["message"] == "Could not scan cluster")
+    assert failure["cluster_arn"] == orders.cluster_arn
+    assert "DescribeTasks" in failure["error"]
+    assert "ThrottlingException" in failure["error"]
+
+
+def task_id(task_arn: str) -> str:
+    return task_arn.rsplit("/", 1)[-1]
 
 
 def test_poller_isolates_a_failing_cloudmap_service_and_finishes_the_pass(
