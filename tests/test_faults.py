@@ -18,7 +18,8 @@ from botocore.exceptions import ReadTimeoutError
 from moto.core.exceptions import JsonRESTError
 from moto.servicediscovery.models import ServiceDiscoveryBackend
 
-from cloudmap_reactor.adapters.clients import TOTAL_MAX_ATTEMPTS, cloudmap_client
+from cloudmap_reactor.adapters.clients import TOTAL_MAX_ATTEMPTS, cloudmap_client, ecs_client
+from cloudmap_reactor.adapters.deadline import DeadlineExceeded
 from cloudmap_reactor.handlers import task_state_change
 from devtools.aws_emulator import FleetBuilder, SeededService
 from devtools.local_lambda import FakeLambdaContext
@@ -177,6 +178,60 @@ def test_poller_throttled_beyond_botocore_retries_fails_that_clusters_read_for_t
     assert failure["cluster_arn"] == orders.cluster_arn
     assert "DescribeTasks" in failure["error"]
     assert "ThrottlingException" in failure["error"]
+
+
+def test_reactor_throttled_by_ecs_gives_up_before_its_timeout_and_counts_an_error(
+    aws: FleetBuilder,
+    orders: SeededService,
+    lambda_context: FakeLambdaContext,
+    read_output: Any,
+    clock: VirtualTime,
+    mocker: Any,
+) -> None:
+    """Slow, throttled DescribeServices: the deadline (timeout - margin) ends it, the event goes to the DLQ."""
+    from moto.ecs.models import EC2ContainerServiceBackend
+
+    lambda_context.remaining_ms = 30_000
+    deadline = clock.now + 30 - task_state_change.DEADLINE_MARGIN_SECONDS
+    faults = throttled(mocker, EC2ContainerServiceBackend, "describe_services", 1000)
+    timeouts = virtual_time.slow_answers(ecs_client(), clock, 5.0)  # the 6th attempt could only start at 25 s
+
+    with pytest.raises(task_state_change.DeregistrationFailed, match="DescribeServices") as raised:
+        stop(orders, lambda_context)
+
+    assert isinstance(raised.value.__cause__, DeadlineExceeded)
+    assert clock.now <= deadline
+    assert faults.attempts < TOTAL_MAX_ATTEMPTS
+    assert all(t <= 10 for t in timeouts)
+    assert len(aws.instance_ids(orders.cloudmap_service_ids[0])) == 2
+    output = read_output()
+    assert output.metrics.value("DeregistrationErrors") == 1
+    assert "Could not look up the task's ECS service; nothing deregistered" in output.messages("ERROR")
+
+
+def test_reactor_throttled_by_cloudmap_gives_up_before_its_timeout_and_counts_each_failure(
+    aws: FleetBuilder, lambda_context: FakeLambdaContext, read_output: Any, clock: VirtualTime, mocker: Any
+) -> None:
+    """Every DeregisterInstance throttled and slow: each ends as FAILED by the deadline, none is left out."""
+    aws.create_cluster("prod")
+    orders = aws.create_service("prod", "orders", discovery_names=["orders", "orders-grpc", "orders-admin"])
+    aws.start_tasks(orders, 2)
+    lambda_context.remaining_ms = 30_000
+    deadline = clock.now + 30 - task_state_change.DEADLINE_MARGIN_SECONDS
+    faults = throttled(mocker, ServiceDiscoveryBackend, "deregister_instance", 1000)
+    virtual_time.slow_answers(cloudmap_client(), clock, 3.0)
+
+    with pytest.raises(task_state_change.DeregistrationFailed, match="3 deregistration"):
+        stop(orders, lambda_context)
+
+    assert clock.now <= deadline
+    assert faults.attempts < 3 * TOTAL_MAX_ATTEMPTS
+    for service_id in orders.cloudmap_service_ids:
+        assert len(aws.instance_ids(service_id)) == 2
+    output = read_output()
+    assert output.metrics.value("DeregistrationErrors") == 3
+    failures = [r for r in output.logs if r["message"] == "Failed to deregister task from Cloud Map"]
+    assert any("deadline" in r["error"] for r in failures)
 
 
 def task_id(task_arn: str) -> str:

@@ -7,13 +7,17 @@ from typing import Any
 
 import pytest
 from botocore.stub import Stubber
+from moto.core.exceptions import JsonRESTError
+from moto.ecs.models import EC2ContainerServiceBackend
 
 from cloudmap_reactor import wiring
-from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client
+from cloudmap_reactor.adapters.clients import TOTAL_MAX_ATTEMPTS, cloudmap_client, ecs_client
 from cloudmap_reactor.handlers import task_state_change
 from devtools.aws_emulator import FleetBuilder, SeededService
 from devtools.local_lambda import FakeLambdaContext
+from tests import virtual_time
 from tests.conftest import load_event, task_event
+from tests.virtual_time import VirtualTime
 
 Fleet = tuple[SeededService, SeededService]
 
@@ -233,13 +237,50 @@ def test_cloudmap_fault_raises_so_the_event_is_retried_then_dead_lettered(
         assert task_ids(orders.task_arns[0]) <= instances
 
 
-def test_ecs_fault_raises(aws: FleetBuilder, fleet: Fleet, lambda_context: FakeLambdaContext) -> None:
+@pytest.fixture
+def clock(aws: FleetBuilder, mocker: Any) -> VirtualTime:
+    """Virtual time (no real back-off or rate-limiter wait).
+
+    After ``aws``: the emulator patches of a test are undone before the emulator's own.
+    """
+    return virtual_time.install(mocker)
+
+
+class Throttled(JsonRESTError):
+    def __init__(self) -> None:
+        super().__init__("ThrottlingException", "Rate exceeded")
+
+
+def test_ecs_fault_is_retried_by_botocore_then_raised_and_counted(
+    aws: FleetBuilder,
+    fleet: Fleet,
+    lambda_context: FakeLambdaContext,
+    read_output: Any,
+    clock: VirtualTime,
+    mocker: Any,
+) -> None:
+    """The emulator throttles every DescribeServices: botocore's attempts, then the event goes to the DLQ."""
     orders, _ = fleet
-    with Stubber(ecs_client()) as stub:
-        stub.add_client_error("describe_services", service_error_code="ThrottlingException", http_status_code=400)
-        with pytest.raises(Exception, match="DescribeServices"):
-            invoke(task_event(orders.task_arns[0], orders.cluster_arn, group="service:orders"), lambda_context)
+    answered: list[str] = []
+
+    def describe_services(_self: Any, _cluster: str, names: list[str]) -> Any:
+        answered.append("ThrottlingException")
+        raise Throttled
+
+    mocker.patch.object(EC2ContainerServiceBackend, "describe_services", describe_services)
+
+    with pytest.raises(task_state_change.DeregistrationFailed) as raised:
+        invoke(task_event(orders.task_arns[0], orders.cluster_arn, group="service:orders"), lambda_context)
+
+    message = str(raised.value)
+    assert message.startswith(f"ECS service lookup failed for {orders.task_arns[0]}: DescribeServices on ")
+    assert "ThrottlingException" in message
+    assert f"reached max retries: {TOTAL_MAX_ATTEMPTS - 1}" in message
+    assert answered == ["ThrottlingException"] * TOTAL_MAX_ATTEMPTS
     assert all(task_ids(orders.task_arns[0]) <= i for i in registered(aws, orders).values())
+    output = read_output()
+    assert output.metrics.value("DeregistrationErrors") == 1
+    assert "Could not look up the task's ECS service; nothing deregistered" in output.messages("ERROR")
 
 
 def test_documented_sample_event_validates_and_replays(aws: FleetBuilder, lambda_context: FakeLambdaContext) -> None:
