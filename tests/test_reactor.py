@@ -12,6 +12,7 @@ from moto.ecs.models import EC2ContainerServiceBackend
 
 from cloudmap_reactor import wiring
 from cloudmap_reactor.adapters.clients import TOTAL_MAX_ATTEMPTS, cloudmap_client, ecs_client
+from cloudmap_reactor.adapters.ecs import SERVICE_FAILURE_RETRIES
 from cloudmap_reactor.handlers import task_state_change
 from devtools.aws_emulator import FleetBuilder, SeededService
 from devtools.local_lambda import FakeLambdaContext
@@ -281,6 +282,90 @@ def test_ecs_fault_is_retried_by_botocore_then_raised_and_counted(
     output = read_output()
     assert output.metrics.value("DeregistrationErrors") == 1
     assert "Could not look up the task's ECS service; nothing deregistered" in output.messages("ERROR")
+
+
+def failing_for(mocker: Any, service: str, rounds: int, reason: str = "SERVICE_UNAVAILABLE") -> list[list[str]]:
+    """DescribeServices answers a ``failures`` entry (HTTP 200) for ``service`` in its first ``rounds`` calls.
+
+    Returns the services each call asked for.
+    """
+    asked: list[list[str]] = []
+    real = EC2ContainerServiceBackend.describe_services
+
+    def describe_services(self: Any, cluster: str, names: list[str]) -> Any:
+        asked.append([n.rsplit("/", 1)[-1] for n in names])
+        found, failures = real(self, cluster, names)
+        if len(asked) <= rounds:
+            failing = [s for s in found if s.name == service]
+            found = [s for s in found if s.name != service]
+            failures += [{"arn": s.physical_resource_id, "reason": reason} for s in failing]
+        return found, failures
+
+    mocker.patch.object(EC2ContainerServiceBackend, "describe_services", describe_services)
+    return asked
+
+
+def test_describe_services_failures_are_asked_again_for_the_failed_services_only(
+    fleet: Fleet, clock: VirtualTime, mocker: Any
+) -> None:
+    orders, _ = fleet
+    asked = failing_for(mocker, "orders", rounds=1)
+
+    found = wiring.reactor_deps().services.directory.describe_services(orders.cluster_arn, ["orders", "payments"])
+
+    assert sorted(s.service_name for s in found) == ["orders", "payments"]
+    assert asked == [["orders", "payments"], ["orders"]]
+
+
+def test_partial_describe_services_failure_asked_again_and_the_task_leaves(
+    aws: FleetBuilder, fleet: Fleet, lambda_context: FakeLambdaContext, clock: VirtualTime, mocker: Any
+) -> None:
+    orders, _ = fleet
+    asked = failing_for(mocker, "orders", rounds=SERVICE_FAILURE_RETRIES)
+
+    result = invoke(task_event(orders.task_arns[0], orders.cluster_arn, group="service:orders"), lambda_context)
+
+    assert set(result["outcomes"].values()) == {"deregistered"}
+    assert len(asked) == SERVICE_FAILURE_RETRIES + 1
+    for instances in registered(aws, orders).values():
+        assert instances == task_ids(*orders.task_arns[1:])
+
+
+def test_persistent_describe_services_failure_goes_to_the_dlq_and_is_not_cached(
+    aws: FleetBuilder,
+    fleet: Fleet,
+    lambda_context: FakeLambdaContext,
+    read_output: Any,
+    clock: VirtualTime,
+    mocker: Any,
+) -> None:
+    """ECS cannot describe the service: the event is raised (DLQ), and the next one asks ECS again."""
+    orders, _ = fleet
+    asked = failing_for(mocker, "orders", rounds=SERVICE_FAILURE_RETRIES + 1)
+    event = task_event(orders.task_arns[0], orders.cluster_arn, group="service:orders")
+
+    with pytest.raises(task_state_change.DeregistrationFailed, match="SERVICE_UNAVAILABLE"):
+        invoke(event, lambda_context)
+    assert len(asked) == SERVICE_FAILURE_RETRIES + 1
+    assert read_output().metrics.value("DeregistrationErrors") == 1
+
+    result = invoke(copy.deepcopy(event), lambda_context)  # Lambda's retry of the event, a second later
+
+    assert set(result["outcomes"].values()) == {"deregistered"}
+    assert len(asked) == SERVICE_FAILURE_RETRIES + 2  # asked again: the failure was not cached as "not found"
+    for instances in registered(aws, orders).values():
+        assert instances == task_ids(*orders.task_arns[1:])
+
+
+def test_missing_service_is_not_an_error(
+    fleet: Fleet, lambda_context: FakeLambdaContext, read_output: Any, clock: VirtualTime
+) -> None:
+    orders, _ = fleet
+
+    result = invoke(task_event(orders.task_arns[0], orders.cluster_arn, group="service:deleted"), lambda_context)
+
+    assert result == {"status": "processed", "outcomes": {}}
+    assert read_output().metrics.value("DeregistrationErrors") == 0
 
 
 def test_documented_sample_event_validates_and_replays(aws: FleetBuilder, lambda_context: FakeLambdaContext) -> None:

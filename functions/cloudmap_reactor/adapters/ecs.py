@@ -8,6 +8,10 @@ takes about as long as walking its ListTasks pages. Executor tasks run in the ca
 
 Retries are botocore's alone (adaptive mode, ``clients.py``): a call still failing after them
 raises ``AwsCallFailed`` at once, and the first failed batch cancels the batches not yet started.
+The one exception is ``DescribeServices`` answering ``failures`` for some services in an HTTP 200
+(botocore sees a success): those services, and only those, are asked again, up to
+``SERVICE_FAILURE_RETRIES`` times with no pause (the deadline and the read budget still apply),
+then the call fails. A failure with reason ``MISSING`` means the service does not exist.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from botocore.exceptions import ClientError
 from cloudmap_reactor.adapters.deadline import submit_in_context
 from cloudmap_reactor.adapters.errors import aws_call, error_code
 from cloudmap_reactor.core.model import EcsService, TaskSnapshot, cloudmap_service_id
+from cloudmap_reactor.core.ports import AwsCallFailed
 
 if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
@@ -29,6 +34,8 @@ if TYPE_CHECKING:
 DESCRIBE_SERVICES_BATCH = 10
 DESCRIBE_TASKS_BATCH = 100
 LIST_PAGE_SIZE = 100
+SERVICE_FAILURE_RETRIES = 2
+MISSING = "MISSING"
 
 T = TypeVar("T")
 
@@ -49,6 +56,7 @@ class EcsReader:
             return self._list("list_services", "serviceArns", cluster=cluster_arn)
 
     def describe_services(self, cluster_arn: str, service_names_or_arns: Sequence[str]) -> list[EcsService]:
+        """The services that exist; raises ``AwsCallFailed`` if any could not be described."""
         batches = list(_chunks(service_names_or_arns, DESCRIBE_SERVICES_BATCH))
         if self._executor is None or len(batches) < 2:
             return [s for batch in batches for s in self._describe_services(cluster_arn, batch)]
@@ -85,14 +93,31 @@ class EcsReader:
 
     # -- internals -------------------------------------------------------------------------
     def _describe_services(self, cluster_arn: str, batch: list[str]) -> list[EcsService]:
-        with aws_call("DescribeServices", cluster_arn):
-            try:
-                response: Any = self._client.describe_services(cluster=cluster_arn, services=batch, include=["TAGS"])
-            except ClientError as exc:
-                if error_code(exc) == "ClusterNotFoundException":  # no cluster: none of its services exist
-                    return []
-                raise
-        return [_to_ecs_service(cluster_arn, raw) for raw in response.get("services", [])]
+        """One batch; services that failed for another reason than MISSING are asked again, alone."""
+        found: list[EcsService] = []
+        wanted, failed, attempts = batch, [], 0
+        while attempts <= SERVICE_FAILURE_RETRIES:
+            attempts += 1
+            with aws_call("DescribeServices", cluster_arn):
+                try:
+                    response: Any = self._client.describe_services(
+                        cluster=cluster_arn, services=wanted, include=["TAGS"]
+                    )
+                except ClientError as exc:
+                    if error_code(exc) == "ClusterNotFoundException":  # no cluster: none of its services exist
+                        return found
+                    raise
+            found += [_to_ecs_service(cluster_arn, raw) for raw in response.get("services", [])]
+            failed = [f for f in response.get("failures", []) if f.get("reason") != MISSING]
+            if not failed:
+                return found
+            wanted = [str(f.get("arn", "")) for f in failed]
+            if not all(wanted):  # a failure that names no service cannot be asked about again
+                break
+        reasons = ", ".join(sorted({f"{f.get('arn', '?')}: {f.get('reason', '?')}" for f in failed}))
+        raise AwsCallFailed(
+            f"DescribeServices on {cluster_arn} failed for {len(failed)} service(s) ({attempts} attempt(s)): {reasons}"
+        )
 
     def _describe(self, cluster_arn: str, batch: list[str]) -> list[TaskSnapshot]:
         with aws_call("DescribeTasks", cluster_arn):
