@@ -12,12 +12,13 @@ from moto.ecs.models import EC2ContainerServiceBackend
 
 from cloudmap_reactor import wiring
 from cloudmap_reactor.adapters.clients import TOTAL_MAX_ATTEMPTS, cloudmap_client, ecs_client
+from cloudmap_reactor.adapters.cloudmap import OPERATION_POLL_WAITS, CloudMapDeregistrar
 from cloudmap_reactor.adapters.ecs import SERVICE_FAILURE_RETRIES
 from cloudmap_reactor.handlers import task_state_change
 from devtools.aws_emulator import FleetBuilder, SeededService
 from devtools.local_lambda import FakeLambdaContext
 from tests import virtual_time
-from tests.conftest import load_event, task_event
+from tests.conftest import count_calls, load_event, task_event
 from tests.virtual_time import VirtualTime
 
 Fleet = tuple[SeededService, SeededService]
@@ -240,11 +241,16 @@ def test_cloudmap_fault_raises_so_the_event_is_retried_then_dead_lettered(
 
 @pytest.fixture
 def clock(aws: FleetBuilder, mocker: Any) -> VirtualTime:
-    """Virtual time (no real back-off or rate-limiter wait).
+    """Virtual time (no real back-off or rate-limiter wait), and the Cloud Map adapter sleeping on it.
 
     After ``aws``: the emulator patches of a test are undone before the emulator's own.
     """
-    return virtual_time.install(mocker)
+    virtual = virtual_time.install(mocker)
+    mocker.patch(
+        "cloudmap_reactor.wiring.CloudMapDeregistrar",
+        lambda client: CloudMapDeregistrar(client, sleep=virtual.sleep),
+    )
+    return virtual
 
 
 class Throttled(JsonRESTError):
@@ -366,6 +372,61 @@ def test_missing_service_is_not_an_error(
 
     assert result == {"status": "processed", "outcomes": {}}
     assert read_output().metrics.value("DeregistrationErrors") == 0
+
+
+def test_each_deregistration_is_followed_until_cloud_map_reports_success(
+    aws: FleetBuilder, fleet: Fleet, lambda_context: FakeLambdaContext, read_output: Any, clock: VirtualTime
+) -> None:
+    orders, _ = fleet
+    aws.script_operations("SUBMITTED", "PENDING", "SUCCESS")
+    calls = count_calls(cloudmap_client())
+
+    result = invoke(task_event(orders.task_arns[0], orders.cluster_arn, group="service:orders"), lambda_context)
+
+    assert set(result["outcomes"].values()) == {"deregistered"}
+    assert calls.counts == {"DeregisterInstance": 2, "GetOperation": 6}
+    assert clock.slept == list(OPERATION_POLL_WAITS[1:3]) * 2
+    output = read_output()
+    assert output.metrics.value("TasksDeregistered", Reason="TaskStopping") == 2
+    assert output.metrics.value("DeregistrationErrors") == 0
+
+
+def test_failed_deregistration_operation_is_an_error_and_goes_to_the_dlq(
+    aws: FleetBuilder, fleet: Fleet, lambda_context: FakeLambdaContext, read_output: Any, clock: VirtualTime
+) -> None:
+    orders, _ = fleet
+    aws.script_operations("PENDING", "FAIL", error_code="INTERNAL_FAILURE", error_message="Cloud Map had a bad day")
+
+    with pytest.raises(task_state_change.DeregistrationFailed, match="2 deregistration"):
+        invoke(task_event(orders.task_arns[0], orders.cluster_arn, group="service:orders"), lambda_context)
+
+    for instances in registered(aws, orders).values():
+        assert task_ids(orders.task_arns[0]) <= instances
+    output = read_output()
+    assert output.metrics.value("DeregistrationErrors") == 2
+    assert output.metrics.value("TasksDeregistered") == 0
+    errors = [r["error"] for r in output.logs if r["message"] == "Failed to deregister task from Cloud Map"]
+    assert len(errors) == 2
+    assert all("ended FAIL (INTERNAL_FAILURE: Cloud Map had a bad day)" in e for e in errors)
+
+
+def test_deregistration_still_pending_after_the_polls_counts_as_removed_and_says_so(
+    aws: FleetBuilder, fleet: Fleet, lambda_context: FakeLambdaContext, read_output: Any, clock: VirtualTime
+) -> None:
+    _, payments = fleet
+    aws.script_operations("PENDING")
+    calls = count_calls(cloudmap_client())
+
+    result = invoke(task_event(payments.task_arns[0], payments.cluster_arn, group="service:payments"), lambda_context)
+
+    assert set(result["outcomes"].values()) == {"deregistered"}
+    assert calls.counts["GetOperation"] == len(OPERATION_POLL_WAITS)
+    assert sum(clock.slept) == sum(OPERATION_POLL_WAITS)
+    output = read_output()
+    assert output.metrics.value("DeregistrationErrors") == 0
+    pending = next(r for r in output.logs if r["message"].startswith("Cloud Map deregistration still in progress"))
+    assert pending["operation_status"] == "PENDING"
+    assert pending["level"] == "WARNING"
 
 
 def test_documented_sample_event_validates_and_replays(aws: FleetBuilder, lambda_context: FakeLambdaContext) -> None:

@@ -616,6 +616,7 @@ def test_reactor_permissions(params: Params) -> None:
     assert grants(Stack(params), REACTOR) == {
         "ecs:DescribeServices": [(ECS_SERVICES, None)],
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
+        "servicediscovery:GetOperation": [("*", None)],  # no resource type: "*" is what IAM accepts
         "sqs:SendMessage": [("<DeadLetterQueue.Arn>", None)],
     }
 
@@ -630,6 +631,7 @@ def test_poller_permissions_for_every_cluster(stack: Stack) -> None:
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetService": [(CLOUDMAP_SERVICES, None)],
+        "servicediscovery:GetOperation": [("*", None)],
     }
 
 
@@ -649,6 +651,7 @@ def test_poller_permissions_for_given_clusters(scoped_stack: Stack) -> None:
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetService": [(CLOUDMAP_SERVICES, None)],
+        "servicediscovery:GetOperation": [("*", None)],
     }
 
 
