@@ -429,6 +429,27 @@ def test_deregistration_still_pending_after_the_polls_counts_as_removed_and_says
     assert pending["level"] == "WARNING"
 
 
+def test_confirming_deregistrations_stops_at_the_deadline(
+    aws: FleetBuilder, fleet: Fleet, lambda_context: FakeLambdaContext, read_output: Any, clock: VirtualTime
+) -> None:
+    """0.5 s before the deadline: each operation is asked about while there is time, then counted as removed."""
+    orders, _ = fleet
+    aws.script_operations("PENDING")
+    lambda_context.remaining_ms = int((task_state_change.DEADLINE_MARGIN_SECONDS + 0.5) * 1000)
+    deadline = clock.now + 0.5
+    calls = count_calls(cloudmap_client())
+
+    result = invoke(task_event(orders.task_arns[0], orders.cluster_arn, group="service:orders"), lambda_context)
+
+    assert set(result["outcomes"].values()) == {"deregistered"}
+    assert clock.now <= deadline
+    assert clock.slept == [OPERATION_POLL_WAITS[1]]  # then no time for the next wait, and none for a second one
+    assert calls.counts == {"DeregisterInstance": 2, "GetOperation": 3}
+    output = read_output()
+    assert output.metrics.value("DeregistrationErrors") == 0
+    assert output.messages("WARNING").count("Cloud Map deregistration still in progress; counted as removed") == 2
+
+
 def test_documented_sample_event_validates_and_replays(aws: FleetBuilder, lambda_context: FakeLambdaContext) -> None:
     """The events/ files are what the demo and ``sam local invoke`` replay."""
     aws.create_cluster("prod")

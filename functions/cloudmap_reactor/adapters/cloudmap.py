@@ -6,8 +6,10 @@ see the Cloud Map API reference, ``Operation``). So a deregistration is followed
 ``GetOperation`` a few times, at most ``OPERATION_POLL_WAITS`` apart (under 2 s in all, and never
 past the AWS deadline): ``FAIL`` raises ``AwsCallFailed`` (the core records the deregistration as
 failed, so ``DeregistrationErrors`` counts it and the reactor's event is retried). An operation
-still running when the polls are used up is logged (``Cloud Map deregistration still in
-progress``) and counted as removed: Cloud Map accepted it, and nearly all finish within a second.
+still running when the polls (or the time before the deadline) are used up is logged (``Cloud Map
+deregistration still in progress``) and counted as removed: Cloud Map accepted it, and nearly all
+finish within a second. (The core has no outcome for "accepted, not confirmed"; adding one would
+mean a new ``Outcome`` and ``RemovalResult`` handled in ``core/deregistration.py``.)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from cloudmap_reactor.adapters.deadline import remaining_seconds
+from cloudmap_reactor.adapters.deadline import MIN_ATTEMPT_SECONDS, DeadlineExceeded, remaining_seconds
 from cloudmap_reactor.adapters.errors import aws_call, error_code
 from cloudmap_reactor.core.ports import AwsCallFailed, RemovalResult
 
@@ -87,16 +89,23 @@ class CloudMapDeregistrar:
         return RemovalResult.REMOVED
 
     def _follow(self, operation_id: str, target: str) -> None:
-        """Poll the operation until it ends or the polls run out; raise if it failed."""
+        """Poll the operation until it ends, the polls run out or the deadline comes; raise if it failed.
+
+        Running out of polls or of time leaves the operation unconfirmed, not failed: it is logged
+        and counted as removed. A ``GetOperation`` that fails (after botocore's retries) raises.
+        """
         status = "SUBMITTED"
         for wait in OPERATION_POLL_WAITS:
             left = remaining_seconds()
-            if left is not None and wait >= left:
-                break  # no time left to ask again before the deadline
+            if left is not None and wait + MIN_ATTEMPT_SECONDS > left:
+                break  # no time left to wait and ask again before the deadline
             if wait:
                 self._sleep(wait)
-            with aws_call("GetOperation", f"{operation_id} (DeregisterInstance {target})"):
-                operation: Any = self._client.get_operation(OperationId=operation_id)["Operation"]
+            try:
+                with aws_call("GetOperation", f"{operation_id} (DeregisterInstance {target})"):
+                    operation: Any = self._client.get_operation(OperationId=operation_id)["Operation"]
+            except DeadlineExceeded:
+                break
             status = str(operation.get("Status", ""))
             if status == SUCCESS:
                 return
