@@ -99,19 +99,20 @@ def attach_deadline(client: Any) -> None:
     """Make every call of ``client`` obey the current deadline (a no-op while none is set). Idempotent."""
     events = client.meta.events
     service = client.meta.service_model.service_id.hyphenize()
-    if not _record_retry_delays(events, service):
-        return  # already attached
+    _record_retry_delays(events, service)
+    # botocore registers a handler once per unique id: attaching again changes nothing.
+    unique = f"cloudmap-reactor-deadline-{service}"
     # First, before the read budget or botocore's adaptive bucket would wait for an attempt that is too late;
     # last, after those waits, as the final word before the request goes out.
-    events.register_first(f"before-send.{service}", _before_send)
-    events.register_last("before-send", _before_send)
+    events.register_first(f"before-send.{service}", _before_send, unique_id=f"{unique}-send-first")
+    events.register_last("before-send", _before_send, unique_id=f"{unique}-send-last")
     # Last of all needs-retry handlers (the generic event's run after the service's): botocore's has
     # chosen its back-off (recorded by the wrapper below), and the read budget's penalty and the
     # adaptive rate limiter have seen the response.
-    events.register_last("needs-retry", _needs_retry)
+    events.register_last("needs-retry", _needs_retry, unique_id=f"{unique}-retry")
 
 
-def _record_retry_delays(events: Any, service: str) -> bool:
+def _record_retry_delays(events: Any, service: str) -> None:
     """Wrap botocore's retry handler so that the back-off it returns is left in the request context.
 
     ``needs-retry`` handlers are all called and the first non-None answer is the back-off that
@@ -119,17 +120,16 @@ def _record_retry_delays(events: Any, service: str) -> bool:
     (unique id ``retry-config-<service>``) is replaced by a wrapper that calls it and records its
     answer. It is found in the emitter's registry of unique ids (not a public botocore API: the
     tests pin this behaviour, and without it only the ``before-send`` checks apply).
-    Returns False when the client is already wrapped.
     """
     unique_id = f"retry-config-{service}"
     emitter = getattr(events, "_emitter", events)
     entry = getattr(emitter, "_unique_id_handlers", {}).get(unique_id)
     if entry is None:
         _log.warning("botocore retry handler %s not found: back-offs are not checked against deadlines", unique_id)
-        return True
+        return
     original = entry["handler"]
     if getattr(original, _WRAPPED_MARK, False):
-        return False
+        return  # already wrapped
 
     def needs_retry(**kwargs: Any) -> Any:
         delay = original(**kwargs)
@@ -141,7 +141,6 @@ def _record_retry_delays(events: Any, service: str) -> bool:
     setattr(needs_retry, _WRAPPED_MARK, True)
     events.unregister(f"needs-retry.{service}", unique_id=unique_id)
     events.register(f"needs-retry.{service}", needs_retry, unique_id=unique_id)
-    return True
 
 
 def _before_send(request: Any = None, event_name: str = "", **_: Any) -> None:
