@@ -18,6 +18,15 @@ gap the way AWS behaves, without touching our code under test:
 6. A cluster ARN is resolved by its last segment alone, so ``arn:aws:ecs:eu-west-1:210987654321:cluster/prod``
    would name our ``prod``: ``aws_like_ecs`` refuses ARNs of another partition, region or account
    (``ClusterNotFoundException``), as ECS does.
+7. Cloud Map (not ECS, but the same fixture) finishes every operation at once: ``GetOperation``
+   answers ``SUCCESS`` straight after ``DeregisterInstance`` and an operation cannot fail. AWS
+   answers ``SUBMITTED`` or ``PENDING`` while it works, then ``SUCCESS``, or ``FAIL`` with
+   ``ErrorCode`` and ``ErrorMessage`` (Cloud Map API reference, ``Operation``: ``Status`` is one of
+   ``SUBMITTED | PENDING | SUCCESS | FAIL``; ``ErrorCode`` e.g. ``INTERNAL_FAILURE``,
+   ``THROTTLED_REQUEST``), and a failed deregistration leaves the instance registered.
+   ``FleetBuilder.script_operations`` makes the next deregistrations answer given statuses, one
+   per ``GetOperation``; without it moto's behaviour (at once ``SUCCESS``, the shape AWS uses for
+   a finished operation) is kept.
 
 Everything else goes through the real AWS APIs (boto3 against moto): clusters, task definitions,
 ``RunTask`` with ``group="service:<name>"`` (what the ECS scheduler does for a service's tasks),
@@ -41,6 +50,7 @@ from moto.core.responses import ActionResult
 from moto.ecs import models as ecs_models
 from moto.ecs.exceptions import ClusterNotFoundException, InvalidParameterException
 from moto.ecs.responses import EC2ContainerServiceResponse
+from moto.servicediscovery import models as cloudmap_models
 from moto.utilities.utils import get_partition
 
 if TYPE_CHECKING:
@@ -48,16 +58,45 @@ if TYPE_CHECKING:
     from mypy_boto3_servicediscovery import ServiceDiscoveryClient
 
 HEALTH_STATUSES = ("HEALTHY", "UNHEALTHY", "UNKNOWN")
+OPERATION_STATUSES = ("SUBMITTED", "PENDING", "SUCCESS", "FAIL")
 MAX_DESCRIBE_TASKS = 100
 MAX_DESCRIBE_SERVICES = 10
 # List operation -> (result key, AWS's default page size). AWS's maximum page size is 100.
 _PAGED = {"list_tasks": ("taskArns", 100), "list_services": ("serviceArns", 10), "list_clusters": ("clusterArns", 100)}
 
 
+@dataclass
+class OperationScript:
+    """Statuses that ``GetOperation`` answers for one operation, one per call (the last one sticks)."""
+
+    statuses: tuple[str, ...]
+    error_code: str = "INTERNAL_FAILURE"
+    error_message: str = "injected failure"
+    reads: int = 0
+
+    def next_status(self) -> str:
+        status = self.statuses[min(self.reads, len(self.statuses) - 1)]
+        self.reads += 1
+        return status
+
+
+@dataclass
+class _CloudMapOperations:
+    """Gap 7: the script for the next deregistrations, and the script of each scripted operation."""
+
+    next_deregistrations: OperationScript | None = None
+    scripts: dict[str, OperationScript] = field(default_factory=dict)
+
+
+_OPERATIONS = _CloudMapOperations()
+
+
 @contextmanager
 def aws_like_ecs() -> Iterator[None]:
-    """Patch moto's ECS to behave like ECS for the duration (gaps 2-6 of the module doc)."""
+    """Patch moto's ECS (and Cloud Map operations) to behave like AWS for the duration (gaps 2-7 of the module doc)."""
     backend = ecs_models.EC2ContainerServiceBackend
+    _OPERATIONS.next_deregistrations = None
+    _OPERATIONS.scripts.clear()
     with ExitStack() as patches:
         patches.enter_context(mock.patch.object(backend, "_get_cluster", _own_clusters_only(backend._get_cluster)))
         patches.enter_context(mock.patch.object(ecs_models.Task, "health_status", "UNKNOWN", create=True))
@@ -71,6 +110,13 @@ def aws_like_ecs() -> Iterator[None]:
             patches.enter_context(
                 mock.patch.object(EC2ContainerServiceResponse, operation, _paged(original, key, default_page))
             )
+        cloudmap = cloudmap_models.ServiceDiscoveryBackend
+        patches.enter_context(
+            mock.patch.object(cloudmap, "deregister_instance", _scripted_deregistration(cloudmap.deregister_instance))
+        )
+        patches.enter_context(mock.patch.object(cloudmap, "get_operation", _scripted_status(cloudmap.get_operation)))
+        cloudmap_operation = cloudmap_models.Operation
+        patches.enter_context(mock.patch.object(cloudmap_operation, "to_json", _with_error(cloudmap_operation.to_json)))
         yield
 
 
@@ -112,6 +158,49 @@ def _at_most_10_services(original: Callable[..., Any]) -> Callable[..., Any]:
         return original(self, cluster_str, names)
 
     return describe_services
+
+
+def _scripted_deregistration(original: Callable[..., str]) -> Callable[..., str]:
+    """A deregistration scripted to end in FAIL leaves the instance registered, as in AWS."""
+
+    def deregister_instance(self: Any, service_id: str, instance_id: str) -> str:
+        script = _OPERATIONS.next_deregistrations
+        if script is None:
+            return original(self, service_id, instance_id)
+        if script.statuses[-1] == "FAIL":
+            self.get_instance(service_id, instance_id)  # InstanceNotFound as before
+            operation_id: str = self._create_operation("DEREGISTER_INSTANCE", targets={"INSTANCE": instance_id})
+        else:
+            operation_id = original(self, service_id, instance_id)
+        _OPERATIONS.scripts[operation_id] = OperationScript(script.statuses, script.error_code, script.error_message)
+        return operation_id
+
+    return deregister_instance
+
+
+def _scripted_status(original: Callable[..., Any]) -> Callable[..., Any]:
+    def get_operation(self: Any, operation_id: str) -> Any:
+        operation = original(self, operation_id)
+        script = _OPERATIONS.scripts.get(operation_id)
+        if script is not None:
+            operation.status = script.next_status()
+            if operation.status == "FAIL":
+                operation.error_code, operation.error_message = script.error_code, script.error_message
+        return operation
+
+    return get_operation
+
+
+def _with_error(original: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """``ErrorCode`` and ``ErrorMessage`` in the full shape of a failed operation, as AWS answers."""
+
+    def to_json(self: Any, short: bool = False) -> dict[str, Any]:
+        body = original(self, short=short)
+        if not short and getattr(self, "error_code", None):
+            body.update(ErrorCode=self.error_code, ErrorMessage=self.error_message)
+        return body
+
+    return to_json
 
 
 def _paged(original: Callable[..., ActionResult], key: str, default_page: int) -> Callable[..., ActionResult]:
@@ -308,6 +397,24 @@ class FleetBuilder:
                 "ECS_SERVICE_NAME": service.name,
                 "ECS_TASK_DEFINITION_FAMILY": f"{service.name}-td",
             },
+        )
+
+    def script_operations(
+        self,
+        *statuses: str,
+        error_code: str = "INTERNAL_FAILURE",
+        error_message: str = "injected failure",
+    ) -> None:
+        """Every later ``DeregisterInstance`` answers these statuses to its ``GetOperation`` calls (gap 7).
+
+        ``script_operations("PENDING", "SUCCESS")``: pending at the first look, done at the second;
+        ``script_operations("FAIL")``: fails, and the instance stays registered. No statuses: back to
+        moto's (``SUCCESS`` at once).
+        """
+        if any(status not in OPERATION_STATUSES for status in statuses):
+            raise ValueError(f"operation statuses are {OPERATION_STATUSES}")
+        _OPERATIONS.next_deregistrations = (
+            OperationScript(statuses, error_code=error_code, error_message=error_message) if statuses else None
         )
 
     def instance_ids(self, service_id: str) -> set[str]:

@@ -1,10 +1,11 @@
 """AWS faults: botocore retries them (adaptive mode), then the handler raises so nothing is lost.
 
-Two kinds of fault, each a real new attempt through botocore's retry machinery (only the
-back-off sleep is skipped):
+Faults, each a real new attempt through botocore's retry machinery, on virtual time
+(``tests/virtual_time.py``: back-offs and the adaptive token bucket take no real time):
 
-* a 503 ``ServiceUnavailableException`` answered by the local emulator itself, and
-* a read timeout raised before the request reaches the emulator.
+* a 503 ``ServiceUnavailableException`` answered by the local emulator itself,
+* a read timeout raised before the request reaches the emulator, and
+* a ``ThrottlingException`` answered by the emulator, for longer than botocore retries.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from botocore.exceptions import ReadTimeoutError
 from moto.core.exceptions import JsonRESTError
 from moto.servicediscovery.models import ServiceDiscoveryBackend
 
-from cloudmap_reactor.adapters.clients import TOTAL_MAX_ATTEMPTS, cloudmap_client
+from cloudmap_reactor.adapters.clients import TOTAL_MAX_ATTEMPTS, cloudmap_client, ecs_client
+from cloudmap_reactor.adapters.deadline import DeadlineExceeded
 from cloudmap_reactor.handlers import task_state_change
 from devtools.aws_emulator import FleetBuilder, SeededService
 from devtools.local_lambda import FakeLambdaContext
+from tests import virtual_time
 from tests.conftest import task_event
+from tests.virtual_time import VirtualTime
 
 
 class ServiceUnavailable(JsonRESTError):
@@ -44,8 +48,9 @@ class Faults:
 
 
 @pytest.fixture(autouse=True)
-def no_backoff_sleep(mocker: Any) -> None:
-    mocker.patch("botocore.endpoint.time.sleep")
+def clock(aws: FleetBuilder, mocker: Any) -> VirtualTime:
+    """Virtual time. After ``aws``: the emulator patches below are undone before the emulator's own."""
+    return virtual_time.install(mocker)
 
 
 @pytest.fixture
@@ -130,33 +135,107 @@ class Throttled(JsonRESTError):
         super().__init__("ThrottlingException", "Rate exceeded")
 
 
-def test_poller_throttled_beyond_botocore_retries_finishes_late_rather_than_failing(
-    aws: FleetBuilder, orders: SeededService, lambda_context: FakeLambdaContext, mocker: Any
+def throttled(mocker: Any, backend: Any, method: str, failures: int) -> Faults:
+    """The emulator answers ``ThrottlingException`` to the first ``failures`` calls of ``backend.method``."""
+    faults = Faults(failures)
+    real = getattr(backend, method)
+
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if faults.should_fail():
+            raise Throttled
+        return real(self, *args, **kwargs)
+
+    mocker.patch.object(backend, method, call)
+    return faults
+
+
+def test_poller_throttled_beyond_botocore_retries_fails_that_clusters_read_for_the_pass(
+    aws: FleetBuilder,
+    orders: SeededService,
+    lambda_context: FakeLambdaContext,
+    read_output: Any,
+    clock: VirtualTime,
+    mocker: Any,
 ) -> None:
+    """One retry layer: botocore's attempts, then the read fails; nothing walks the cluster again."""
     from moto.ecs.models import EC2ContainerServiceBackend
 
     from cloudmap_reactor import wiring
     from cloudmap_reactor.handlers import health_poller
     from tests.conftest import load_event
 
-    mocker.patch("cloudmap_reactor.adapters.ecs.THROTTLE_BACKOFF_SECONDS", 0)
     aws.set_health(orders.task_arns[0], "UNHEALTHY")
-    faults = Faults(TOTAL_MAX_ATTEMPTS + 2)  # more than botocore alone retries
-    real = EC2ContainerServiceBackend.describe_tasks
+    faults = throttled(mocker, EC2ContainerServiceBackend, "describe_tasks", 1000)
 
-    def describe_tasks(self: Any, cluster: str, tasks: list[str]) -> Any:
-        if faults.should_fail():
-            raise Throttled
-        return real(self, cluster, tasks)
+    with pytest.raises(health_poller.HealthScanIncomplete, match=orders.cluster_arn):
+        health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
 
-    mocker.patch.object(EC2ContainerServiceBackend, "describe_tasks", describe_tasks)
-
-    result = health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
-
-    assert result["status"] == "completed"
-    assert faults.attempts == TOTAL_MAX_ATTEMPTS + 3
-    assert aws.instance_ids(orders.cloudmap_service_ids[0]) == {orders.task_arns[1].rsplit("/", 1)[-1]}
+    assert faults.attempts == TOTAL_MAX_ATTEMPTS  # one DescribeTasks call, botocore's attempts, no adapter retry
+    assert sum(clock.slept) <= 1 + 2 + 4 + 8 + 16  # botocore's back-offs only (no adapter back-off)
+    assert aws.instance_ids(orders.cloudmap_service_ids[0]) == set(map(task_id, orders.task_arns))
     assert wiring.poller_deps().ecs_budget._penalty_until > 0
+    failure = next(r for r in read_output().logs if r["message"] == "Could not scan cluster")
+    assert failure["cluster_arn"] == orders.cluster_arn
+    assert "DescribeTasks" in failure["error"]
+    assert "ThrottlingException" in failure["error"]
+
+
+def test_reactor_throttled_by_ecs_gives_up_before_its_timeout_and_counts_an_error(
+    aws: FleetBuilder,
+    orders: SeededService,
+    lambda_context: FakeLambdaContext,
+    read_output: Any,
+    clock: VirtualTime,
+    mocker: Any,
+) -> None:
+    """Slow, throttled DescribeServices: the deadline (timeout - margin) ends it, the event goes to the DLQ."""
+    from moto.ecs.models import EC2ContainerServiceBackend
+
+    lambda_context.remaining_ms = 30_000
+    deadline = clock.now + 30 - task_state_change.DEADLINE_MARGIN_SECONDS
+    faults = throttled(mocker, EC2ContainerServiceBackend, "describe_services", 1000)
+    timeouts = virtual_time.slow_answers(ecs_client(), clock, 5.0)  # the 6th attempt could only start at 25 s
+
+    with pytest.raises(task_state_change.DeregistrationFailed, match="DescribeServices") as raised:
+        stop(orders, lambda_context)
+
+    assert isinstance(raised.value.__cause__, DeadlineExceeded)
+    assert clock.now <= deadline
+    assert faults.attempts < TOTAL_MAX_ATTEMPTS
+    assert all(t <= 10 for t in timeouts)
+    assert len(aws.instance_ids(orders.cloudmap_service_ids[0])) == 2
+    output = read_output()
+    assert output.metrics.value("DeregistrationErrors") == 1
+    assert "Could not look up the task's ECS service; nothing deregistered" in output.messages("ERROR")
+
+
+def test_reactor_throttled_by_cloudmap_gives_up_before_its_timeout_and_counts_each_failure(
+    aws: FleetBuilder, lambda_context: FakeLambdaContext, read_output: Any, clock: VirtualTime, mocker: Any
+) -> None:
+    """Every DeregisterInstance throttled and slow: each ends as FAILED by the deadline, none is left out."""
+    aws.create_cluster("prod")
+    orders = aws.create_service("prod", "orders", discovery_names=["orders", "orders-grpc", "orders-admin"])
+    aws.start_tasks(orders, 2)
+    lambda_context.remaining_ms = 30_000
+    deadline = clock.now + 30 - task_state_change.DEADLINE_MARGIN_SECONDS
+    faults = throttled(mocker, ServiceDiscoveryBackend, "deregister_instance", 1000)
+    virtual_time.slow_answers(cloudmap_client(), clock, 3.0)
+
+    with pytest.raises(task_state_change.DeregistrationFailed, match="3 deregistration"):
+        stop(orders, lambda_context)
+
+    assert clock.now <= deadline
+    assert faults.attempts < 3 * TOTAL_MAX_ATTEMPTS
+    for service_id in orders.cloudmap_service_ids:
+        assert len(aws.instance_ids(service_id)) == 2
+    output = read_output()
+    assert output.metrics.value("DeregistrationErrors") == 3
+    failures = [r for r in output.logs if r["message"] == "Failed to deregister task from Cloud Map"]
+    assert any("deadline" in r["error"] for r in failures)
+
+
+def task_id(task_arn: str) -> str:
+    return task_arn.rsplit("/", 1)[-1]
 
 
 def test_poller_isolates_a_failing_cloudmap_service_and_finishes_the_pass(

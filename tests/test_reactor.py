@@ -7,13 +7,19 @@ from typing import Any
 
 import pytest
 from botocore.stub import Stubber
+from moto.core.exceptions import JsonRESTError
+from moto.ecs.models import EC2ContainerServiceBackend
 
 from cloudmap_reactor import wiring
-from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client
+from cloudmap_reactor.adapters.clients import TOTAL_MAX_ATTEMPTS, cloudmap_client, ecs_client
+from cloudmap_reactor.adapters.cloudmap import OPERATION_POLL_WAITS, CloudMapDeregistrar
+from cloudmap_reactor.adapters.ecs import SERVICE_FAILURE_RETRIES
 from cloudmap_reactor.handlers import task_state_change
 from devtools.aws_emulator import FleetBuilder, SeededService
 from devtools.local_lambda import FakeLambdaContext
-from tests.conftest import load_event, task_event, task_ids
+from tests import virtual_time
+from tests.conftest import count_calls, load_event, task_event, task_ids
+from tests.virtual_time import VirtualTime
 
 Fleet = tuple[SeededService, SeededService]
 
@@ -229,13 +235,215 @@ def test_cloudmap_fault_raises_so_the_event_is_retried_then_dead_lettered(
         assert task_ids(orders.task_arns[0]) <= instances
 
 
-def test_ecs_fault_raises(aws: FleetBuilder, fleet: Fleet, lambda_context: FakeLambdaContext) -> None:
+@pytest.fixture
+def clock(aws: FleetBuilder, mocker: Any) -> VirtualTime:
+    """Virtual time (no real back-off or rate-limiter wait), and the Cloud Map adapter sleeping on it.
+
+    After ``aws``: the emulator patches of a test are undone before the emulator's own.
+    """
+    virtual = virtual_time.install(mocker)
+    mocker.patch(
+        "cloudmap_reactor.wiring.CloudMapDeregistrar",
+        lambda client: CloudMapDeregistrar(client, sleep=virtual.sleep),
+    )
+    return virtual
+
+
+class Throttled(JsonRESTError):
+    def __init__(self) -> None:
+        super().__init__("ThrottlingException", "Rate exceeded")
+
+
+def test_ecs_fault_is_retried_by_botocore_then_raised_and_counted(
+    aws: FleetBuilder,
+    fleet: Fleet,
+    lambda_context: FakeLambdaContext,
+    read_output: Any,
+    clock: VirtualTime,
+    mocker: Any,
+) -> None:
+    """The emulator throttles every DescribeServices: botocore's attempts, then the event goes to the DLQ."""
     orders, _ = fleet
-    with Stubber(ecs_client()) as stub:
-        stub.add_client_error("describe_services", service_error_code="ThrottlingException", http_status_code=400)
-        with pytest.raises(Exception, match="DescribeServices"):
-            invoke(task_event(orders.task_arns[0], orders.cluster_arn, group="service:orders"), lambda_context)
+    answered: list[str] = []
+
+    def describe_services(_self: Any, _cluster: str, names: list[str]) -> Any:
+        answered.append("ThrottlingException")
+        raise Throttled
+
+    mocker.patch.object(EC2ContainerServiceBackend, "describe_services", describe_services)
+
+    with pytest.raises(task_state_change.DeregistrationFailed) as raised:
+        invoke(task_event(orders.task_arns[0], orders.cluster_arn, group="service:orders"), lambda_context)
+
+    message = str(raised.value)
+    assert message.startswith(f"ECS service lookup failed for {orders.task_arns[0]}: DescribeServices on ")
+    assert "ThrottlingException" in message
+    assert f"reached max retries: {TOTAL_MAX_ATTEMPTS - 1}" in message
+    assert answered == ["ThrottlingException"] * TOTAL_MAX_ATTEMPTS
     assert all(task_ids(orders.task_arns[0]) <= i for i in registered(aws, orders).values())
+    output = read_output()
+    assert output.metrics.value("DeregistrationErrors") == 1
+    assert "Could not look up the task's ECS service; nothing deregistered" in output.messages("ERROR")
+
+
+def failing_for(mocker: Any, service: str, rounds: int, reason: str = "SERVICE_UNAVAILABLE") -> list[list[str]]:
+    """DescribeServices answers a ``failures`` entry (HTTP 200) for ``service`` in its first ``rounds`` calls.
+
+    Returns the services each call asked for.
+    """
+    asked: list[list[str]] = []
+    real = EC2ContainerServiceBackend.describe_services
+
+    def describe_services(self: Any, cluster: str, names: list[str]) -> Any:
+        asked.append([n.rsplit("/", 1)[-1] for n in names])
+        found, failures = real(self, cluster, names)
+        if len(asked) <= rounds:
+            failing = [s for s in found if s.name == service]
+            found = [s for s in found if s.name != service]
+            failures += [{"arn": s.physical_resource_id, "reason": reason} for s in failing]
+        return found, failures
+
+    mocker.patch.object(EC2ContainerServiceBackend, "describe_services", describe_services)
+    return asked
+
+
+def test_describe_services_failures_are_asked_again_for_the_failed_services_only(
+    fleet: Fleet, clock: VirtualTime, mocker: Any
+) -> None:
+    orders, _ = fleet
+    asked = failing_for(mocker, "orders", rounds=1)
+
+    found = wiring.reactor_deps().services.directory.describe_services(orders.cluster_arn, ["orders", "payments"])
+
+    assert sorted(s.service_name for s in found) == ["orders", "payments"]
+    assert asked == [["orders", "payments"], ["orders"]]
+
+
+def test_partial_describe_services_failure_asked_again_and_the_task_leaves(
+    aws: FleetBuilder, fleet: Fleet, lambda_context: FakeLambdaContext, clock: VirtualTime, mocker: Any
+) -> None:
+    orders, _ = fleet
+    asked = failing_for(mocker, "orders", rounds=SERVICE_FAILURE_RETRIES)
+
+    result = invoke(task_event(orders.task_arns[0], orders.cluster_arn, group="service:orders"), lambda_context)
+
+    assert set(result["outcomes"].values()) == {"deregistered"}
+    assert len(asked) == SERVICE_FAILURE_RETRIES + 1
+    for instances in registered(aws, orders).values():
+        assert instances == task_ids(*orders.task_arns[1:])
+
+
+def test_persistent_describe_services_failure_goes_to_the_dlq_and_is_not_cached(
+    aws: FleetBuilder,
+    fleet: Fleet,
+    lambda_context: FakeLambdaContext,
+    read_output: Any,
+    clock: VirtualTime,
+    mocker: Any,
+) -> None:
+    """ECS cannot describe the service: the event is raised (DLQ), and the next one asks ECS again."""
+    orders, _ = fleet
+    asked = failing_for(mocker, "orders", rounds=SERVICE_FAILURE_RETRIES + 1)
+    event = task_event(orders.task_arns[0], orders.cluster_arn, group="service:orders")
+
+    with pytest.raises(task_state_change.DeregistrationFailed, match="SERVICE_UNAVAILABLE"):
+        invoke(event, lambda_context)
+    assert len(asked) == SERVICE_FAILURE_RETRIES + 1
+    assert read_output().metrics.value("DeregistrationErrors") == 1
+
+    result = invoke(copy.deepcopy(event), lambda_context)  # Lambda's retry of the event, a second later
+
+    assert set(result["outcomes"].values()) == {"deregistered"}
+    assert len(asked) == SERVICE_FAILURE_RETRIES + 2  # asked again: the failure was not cached as "not found"
+    for instances in registered(aws, orders).values():
+        assert instances == task_ids(*orders.task_arns[1:])
+
+
+def test_missing_service_is_not_an_error(
+    fleet: Fleet, lambda_context: FakeLambdaContext, read_output: Any, clock: VirtualTime
+) -> None:
+    orders, _ = fleet
+
+    result = invoke(task_event(orders.task_arns[0], orders.cluster_arn, group="service:deleted"), lambda_context)
+
+    assert result == {"status": "processed", "outcomes": {}}
+    assert read_output().metrics.value("DeregistrationErrors") == 0
+
+
+def test_each_deregistration_is_followed_until_cloud_map_reports_success(
+    aws: FleetBuilder, fleet: Fleet, lambda_context: FakeLambdaContext, read_output: Any, clock: VirtualTime
+) -> None:
+    orders, _ = fleet
+    aws.script_operations("SUBMITTED", "PENDING", "SUCCESS")
+    calls = count_calls(cloudmap_client())
+
+    result = invoke(task_event(orders.task_arns[0], orders.cluster_arn, group="service:orders"), lambda_context)
+
+    assert set(result["outcomes"].values()) == {"deregistered"}
+    assert calls.counts == {"DeregisterInstance": 2, "GetOperation": 6}
+    assert clock.slept == list(OPERATION_POLL_WAITS[1:3]) * 2
+    output = read_output()
+    assert output.metrics.value("TasksDeregistered", Reason="TaskStopping") == 2
+    assert output.metrics.value("DeregistrationErrors") == 0
+
+
+def test_failed_deregistration_operation_is_an_error_and_goes_to_the_dlq(
+    aws: FleetBuilder, fleet: Fleet, lambda_context: FakeLambdaContext, read_output: Any, clock: VirtualTime
+) -> None:
+    orders, _ = fleet
+    aws.script_operations("PENDING", "FAIL", error_code="INTERNAL_FAILURE", error_message="Cloud Map had a bad day")
+
+    with pytest.raises(task_state_change.DeregistrationFailed, match="2 deregistration"):
+        invoke(task_event(orders.task_arns[0], orders.cluster_arn, group="service:orders"), lambda_context)
+
+    for instances in registered(aws, orders).values():
+        assert task_ids(orders.task_arns[0]) <= instances
+    output = read_output()
+    assert output.metrics.value("DeregistrationErrors") == 2
+    assert output.metrics.value("TasksDeregistered") == 0
+    errors = [r["error"] for r in output.logs if r["message"] == "Failed to deregister task from Cloud Map"]
+    assert len(errors) == 2
+    assert all("ended FAIL (INTERNAL_FAILURE: Cloud Map had a bad day)" in e for e in errors)
+
+
+def test_deregistration_still_pending_after_the_polls_counts_as_removed_and_says_so(
+    aws: FleetBuilder, fleet: Fleet, lambda_context: FakeLambdaContext, read_output: Any, clock: VirtualTime
+) -> None:
+    _, payments = fleet
+    aws.script_operations("PENDING")
+    calls = count_calls(cloudmap_client())
+
+    result = invoke(task_event(payments.task_arns[0], payments.cluster_arn, group="service:payments"), lambda_context)
+
+    assert set(result["outcomes"].values()) == {"deregistered"}
+    assert calls.counts["GetOperation"] == len(OPERATION_POLL_WAITS)
+    assert sum(clock.slept) == sum(OPERATION_POLL_WAITS)
+    output = read_output()
+    assert output.metrics.value("DeregistrationErrors") == 0
+    pending = next(r for r in output.logs if r["message"].startswith("Cloud Map deregistration still in progress"))
+    assert pending["operation_status"] == "PENDING"
+    assert pending["level"] == "WARNING"
+
+
+def test_confirming_deregistrations_stops_at_the_deadline(
+    aws: FleetBuilder, fleet: Fleet, lambda_context: FakeLambdaContext, read_output: Any, clock: VirtualTime
+) -> None:
+    """0.5 s before the deadline: each operation is asked about while there is time, then counted as removed."""
+    orders, _ = fleet
+    aws.script_operations("PENDING")
+    lambda_context.remaining_ms = int((task_state_change.DEADLINE_MARGIN_SECONDS + 0.5) * 1000)
+    deadline = clock.now + 0.5
+    calls = count_calls(cloudmap_client())
+
+    result = invoke(task_event(orders.task_arns[0], orders.cluster_arn, group="service:orders"), lambda_context)
+
+    assert set(result["outcomes"].values()) == {"deregistered"}
+    assert clock.now <= deadline
+    assert clock.slept == [OPERATION_POLL_WAITS[1]]  # then no time for the next wait, and none for a second one
+    assert calls.counts == {"DeregisterInstance": 2, "GetOperation": 3}
+    output = read_output()
+    assert output.metrics.value("DeregistrationErrors") == 0
+    assert output.messages("WARNING").count("Cloud Map deregistration still in progress; counted as removed") == 2
 
 
 def test_documented_sample_event_validates_and_replays(aws: FleetBuilder, lambda_context: FakeLambdaContext) -> None:

@@ -815,6 +815,7 @@ def test_reactor_permissions(params: Params) -> None:
     assert grants(Stack(params), REACTOR) == {
         "ecs:DescribeServices": [(ECS_SERVICES, None)],
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
+        "servicediscovery:GetOperation": [("*", None)],  # no resource type: "*" is what IAM accepts
         "sqs:SendMessage": [("<DeadLetterQueue.Arn>", None)],
         **LEDGER_GRANTS,
     }
@@ -833,6 +834,7 @@ def test_poller_permissions_for_every_cluster(stack: Stack) -> None:
         "servicediscovery:RegisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetInstance": [(CLOUDMAP_SERVICES, None)],
         **LEDGER_GRANTS,
+        "servicediscovery:GetOperation": [("*", None)],
     }
 
 
@@ -855,6 +857,7 @@ def test_poller_permissions_for_given_clusters(scoped_stack: Stack) -> None:
         "servicediscovery:RegisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetInstance": [(CLOUDMAP_SERVICES, None)],
         **LEDGER_GRANTS,
+        "servicediscovery:GetOperation": [("*", None)],
     }
 
 

@@ -3,24 +3,30 @@
 Every list call goes through a paginator at the API's maximum page size, and every describe
 call is batched at the API's maximum (10 services, 100 tasks). With an executor, describe
 batches run concurrently, and task pages are described as they arrive, so a cluster's scan
-takes about as long as walking its ListTasks pages.
-A call still throttled after botocore's retries is tried again later (the pass finishes late
-rather than failing), up to ``throttle_retries`` times.
+takes about as long as walking its ListTasks pages. Executor tasks run in the caller's context
+(``submit_in_context``), so an AWS deadline set by the caller bounds them too.
+
+Retries are botocore's alone (adaptive mode, ``clients.py``): a call still failing after them
+raises ``AwsCallFailed`` at once, and the first failed batch cancels the batches not yet started.
+The one exception is ``DescribeServices`` answering ``failures`` for some services in an HTTP 200
+(botocore sees a success): those services, and only those, are asked again, up to
+``SERVICE_FAILURE_RETRIES`` times with no pause (the deadline and the read budget still apply),
+then the call fails. A failure with reason ``MISSING`` means the service does not exist.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import ClientError
 
+from cloudmap_reactor.adapters.deadline import submit_in_context
 from cloudmap_reactor.adapters.errors import aws_call, error_code
-from cloudmap_reactor.adapters.rate_limit import THROTTLING_CODES
 from cloudmap_reactor.core.model import EcsService, TaskSnapshot, cloudmap_service_id
+from cloudmap_reactor.core.ports import AwsCallFailed
 
 if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
@@ -28,7 +34,8 @@ if TYPE_CHECKING:
 DESCRIBE_SERVICES_BATCH = 10
 DESCRIBE_TASKS_BATCH = 100
 LIST_PAGE_SIZE = 100
-THROTTLE_BACKOFF_SECONDS = 2.0
+SERVICE_FAILURE_RETRIES = 2
+MISSING = "MISSING"
 
 T = TypeVar("T")
 
@@ -36,33 +43,25 @@ T = TypeVar("T")
 class EcsReader:
     """Read-only view of ECS in the core's terms."""
 
-    def __init__(
-        self,
-        client: ECSClient,
-        *,
-        executor: Executor | None = None,
-        throttle_retries: int = 3,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
+    def __init__(self, client: ECSClient, *, executor: Executor | None = None) -> None:
         self._client = client
         self._executor = executor
-        self._throttle_retries = throttle_retries
-        self._sleep = sleep
 
     def list_cluster_arns(self) -> list[str]:
-        return self._call("ListClusters", None, lambda: self._list("list_clusters", "clusterArns"))
+        with aws_call("ListClusters"):
+            return self._list("list_clusters", "clusterArns")
 
     def list_service_arns(self, cluster_arn: str) -> list[str]:
-        return self._call(
-            "ListServices", cluster_arn, lambda: self._list("list_services", "serviceArns", cluster=cluster_arn)
-        )
+        with aws_call("ListServices", cluster_arn):
+            return self._list("list_services", "serviceArns", cluster=cluster_arn)
 
     def describe_services(self, cluster_arn: str, service_names_or_arns: Sequence[str]) -> list[EcsService]:
+        """The services that exist; raises ``AwsCallFailed`` if any could not be described."""
         batches = list(_chunks(service_names_or_arns, DESCRIBE_SERVICES_BATCH))
         if self._executor is None or len(batches) < 2:
             return [s for batch in batches for s in self._describe_services(cluster_arn, batch)]
-        futures = [self._executor.submit(self._describe_services, cluster_arn, batch) for batch in batches]
-        return [s for future in futures for s in future.result()]
+        futures = [submit_in_context(self._executor, self._describe_services, cluster_arn, b) for b in batches]
+        return [s for found in _gather(futures) for s in found]
 
     def describe_tasks(self, cluster_arn: str, task_arns: Iterable[str]) -> list[TaskSnapshot]:
         batches = _chunks(task_arns, DESCRIBE_TASKS_BATCH)
@@ -74,40 +73,55 @@ class EcsReader:
         Each page of ``ListTasks`` (100 ARNs) is handed to the executor for ``DescribeTasks`` while
         the next page is fetched: the two call chains overlap instead of adding up.
         """
-
-        def walk() -> list[TaskSnapshot]:
-            pages = self._client.get_paginator("list_tasks").paginate(
-                cluster=cluster_arn, desiredStatus="RUNNING", PaginationConfig={"PageSize": LIST_PAGE_SIZE}
-            )
-            pending: list[Future[list[TaskSnapshot]]] = []
-            done: list[TaskSnapshot] = []
-            for page in pages:
-                for batch in _chunks(page.get("taskArns", []), DESCRIBE_TASKS_BATCH):
-                    if self._executor is None:
-                        done.extend(self._describe(cluster_arn, batch))
-                    else:
-                        pending.append(self._executor.submit(self._describe, cluster_arn, batch))
-            return done + [task for future in pending for task in future.result()]
-
-        return self._call("ListTasks", cluster_arn, walk)
+        pending: list[Future[list[TaskSnapshot]]] = []
+        done: list[TaskSnapshot] = []
+        try:
+            with aws_call("ListTasks", cluster_arn):
+                pages = self._client.get_paginator("list_tasks").paginate(
+                    cluster=cluster_arn, desiredStatus="RUNNING", PaginationConfig={"PageSize": LIST_PAGE_SIZE}
+                )
+                for page in pages:
+                    for batch in _chunks(page.get("taskArns", []), DESCRIBE_TASKS_BATCH):
+                        if self._executor is None:
+                            done.extend(self._describe(cluster_arn, batch))
+                        else:
+                            pending.append(submit_in_context(self._executor, self._describe, cluster_arn, batch))
+        except BaseException:
+            _cancel(pending)
+            raise
+        return done + [task for found in _gather(pending) for task in found]
 
     # -- internals -------------------------------------------------------------------------
     def _describe_services(self, cluster_arn: str, batch: list[str]) -> list[EcsService]:
-        def call() -> Any:
-            try:
-                return self._client.describe_services(cluster=cluster_arn, services=batch, include=["TAGS"])
-            except ClientError as exc:
-                if error_code(exc) == "ClusterNotFoundException":  # no cluster: none of its services exist
-                    return {"services": []}
-                raise
-
-        response = self._call("DescribeServices", cluster_arn, call)
-        return [_to_ecs_service(cluster_arn, raw) for raw in response.get("services", [])]
+        """One batch; services that failed for another reason than MISSING are asked again, alone."""
+        found: list[EcsService] = []
+        wanted, failed, attempts = batch, [], 0
+        while attempts <= SERVICE_FAILURE_RETRIES:
+            attempts += 1
+            with aws_call("DescribeServices", cluster_arn):
+                try:
+                    response: Any = self._client.describe_services(
+                        cluster=cluster_arn, services=wanted, include=["TAGS"]
+                    )
+                except ClientError as exc:
+                    if error_code(exc) == "ClusterNotFoundException":  # no cluster: none of its services exist
+                        return found
+                    raise
+            found += [_to_ecs_service(cluster_arn, raw) for raw in response.get("services", [])]
+            failed = [f for f in response.get("failures", []) if f.get("reason") != MISSING]
+            if not failed:
+                return found
+            wanted = [str(f.get("arn", "")) for f in failed]
+            if not all(wanted):  # a failure that names no service cannot be asked about again
+                break
+        reasons = ", ".join(sorted({f"{f.get('arn', '?')}: {f.get('reason', '?')}" for f in failed}))
+        raise AwsCallFailed(
+            f"DescribeServices on {cluster_arn} failed for {len(failed)} service(s) ({attempts} attempt(s)): {reasons}"
+        )
 
     def _describe(self, cluster_arn: str, batch: list[str]) -> list[TaskSnapshot]:
-        response = self._call(
-            "DescribeTasks", cluster_arn, lambda: self._client.describe_tasks(cluster=cluster_arn, tasks=batch)
-        )
+        with aws_call("DescribeTasks", cluster_arn):
+            response = self._client.describe_tasks(cluster=cluster_arn, tasks=batch)
         return [_to_task_snapshot(cluster_arn, raw) for raw in response.get("tasks", [])]
 
     def _list(self, operation: str, key: str, **kwargs: Any) -> list[str]:
@@ -115,19 +129,19 @@ class EcsReader:
         pages = paginator.paginate(**kwargs, PaginationConfig={"PageSize": LIST_PAGE_SIZE})
         return [item for page in pages for item in page.get(key, [])]
 
-    def _call(self, operation: str, target: str | None, fn: Callable[[], T]) -> T:
-        """Run ``fn``; when ECS still throttles after botocore's retries, wait and try again."""
-        for attempt in range(self._throttle_retries + 1):
-            try:
-                with aws_call(operation, target):
-                    return fn()
-            except Exception as exc:
-                cause = exc.__cause__
-                throttled = isinstance(cause, ClientError) and error_code(cause) in THROTTLING_CODES
-                if not throttled or attempt == self._throttle_retries:
-                    raise
-            self._sleep(THROTTLE_BACKOFF_SECONDS * 2**attempt)
-        raise AssertionError("unreachable")
+
+def _gather(futures: list[Future[T]]) -> list[T]:
+    """Every future's result in order; on the first failure, cancel those not started and raise it."""
+    try:
+        return [future.result() for future in futures]
+    except BaseException:
+        _cancel(futures)
+        raise
+
+
+def _cancel(futures: Iterable[Future[Any]]) -> None:
+    for future in futures:
+        future.cancel()
 
 
 def _to_ecs_service(cluster_arn: str, raw: Any) -> EcsService:

@@ -3,7 +3,9 @@
 ECS throttles per account and region with a token bucket shared by everything that calls it,
 the customer's own deploys included. The poller spends at most ``rate`` calls per second (with a
 burst of one second's worth), and halves that rate for a while when ECS throttles anyway.
-botocore's adaptive retry mode handles the throttled call itself; this keeps the next ones away.
+botocore's adaptive retry mode handles the throttled call itself (it is the only retry layer);
+this keeps the next ones away. A wait for a token never goes past the current AWS deadline
+(``deadline.aws_deadline``): the call fails with ``DeadlineExceeded`` instead.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cloudmap_reactor.adapters.deadline import DeadlineExceeded, ensure_time_for
+
 _PENALTY_SECONDS = 30.0
 
 
 class TokenBucket:
-    """Thread-safe token bucket: ``acquire()`` blocks until a call may be made."""
+    """Thread-safe token bucket: ``acquire()`` blocks until a call may be made (or raises ``DeadlineExceeded``)."""
 
     def __init__(
         self,
@@ -56,6 +60,7 @@ class TokenBucket:
                     self.calls += 1
                     return
                 wait = max((1 - self._tokens) / rate, 1e-3)
+                ensure_time_for("ECS read budget: waiting for a token", wait)
                 self.waited_seconds += wait
             self._sleep(wait)
 
@@ -65,9 +70,12 @@ class TokenBucket:
             self._penalty_until = self._clock() + _PENALTY_SECONDS
 
     # botocore event hooks -------------------------------------------------------------------
-    def before_send(self, **_: Any) -> None:
+    def before_send(self, event_name: str = "", **_: Any) -> None:
         """``before-send`` fires for every HTTP attempt, retries included: each spends a token."""
-        self.acquire()
+        try:
+            self.acquire()
+        except DeadlineExceeded as exc:
+            raise DeadlineExceeded(f"{event_name.rsplit('.', 1)[-1]}: {exc}") from exc
 
     def attach(self, client: Any) -> None:
         """Meter every ECS call of ``client`` (paginated pages and retries included)."""

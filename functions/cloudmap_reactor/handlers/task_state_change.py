@@ -2,7 +2,9 @@
 
 Invalid events are logged, counted in ``InvalidEvents`` and dropped (retrying cannot fix them).
 AWS failures are raised after botocore's retries, so Lambda retries the event and finally parks
-it in the dead-letter queue.
+it in the dead-letter queue. The AWS work runs under a deadline ``DEADLINE_MARGIN_SECONDS``
+before the function's timeout: retries that would run past it give up instead, so a failure is
+always counted in ``DeregistrationErrors`` and raised, never cut short by Lambda's timeout.
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cloudmap_reactor import wiring
+from cloudmap_reactor.adapters import deadline
 from cloudmap_reactor.core.decide import decide_stop_event, stop_event_precheck
 from cloudmap_reactor.core.decisions import Hold
+from cloudmap_reactor.core.ports import AwsCallFailed
 from cloudmap_reactor.events import InvalidEvent, parse_task_state_change
 from cloudmap_reactor.handlers.reporting import report_deregistrations
 from cloudmap_reactor.observability import MetricName, count, logger, metrics, traced_phase, tracer
+
+# Kept free at the end of the invocation (of the 30 s timeout): for botocore's connect timeout
+# (3 s, not shortened by the deadline), the logs and the metrics.
+DEADLINE_MARGIN_SECONDS = 5.0
 
 wiring.policy()  # a bad environment stops the function here, at its cold start, naming the variable
 
@@ -47,12 +55,19 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         logger.info("Ignoring event", extra={"hold": held.why.value, "detail": held.detail, "group": task.group})
         return {"status": "ignored"}
 
-    with traced_phase("read"):
-        service = deps.services.get(task.cluster_arn, task.service_name or "")
-    decision = decide_stop_event(task_arn=task.task_arn, service=service, policy=deps.policy)
-    with traced_phase("act") as annotate:
-        acted = deps.actor.apply(decision)
-        annotate("deregistrations", len(acted.deregistrations))
+    at = deadline.now() + context.get_remaining_time_in_millis() / 1000 - DEADLINE_MARGIN_SECONDS
+    with deadline.aws_deadline(at):
+        try:
+            with traced_phase("read"):
+                service = deps.services.get(task.cluster_arn, task.service_name or "")
+        except AwsCallFailed as exc:  # the ECS service lookup: no deregistration was tried
+            logger.error("Could not look up the task's ECS service; nothing deregistered", extra={"error": str(exc)})
+            count(MetricName.DEREGISTRATION_ERRORS)
+            raise DeregistrationFailed(f"ECS service lookup failed for {task.task_arn}: {exc}") from exc
+        decision = decide_stop_event(task_arn=task.task_arn, service=service, policy=deps.policy)
+        with traced_phase("act") as annotate:
+            acted = deps.actor.apply(decision)
+            annotate("deregistrations", len(acted.deregistrations))
     report_deregistrations(acted.deregistrations)
     for hold in decision.held:
         if hold.why is Hold.TAGS_OUT_OF_SCOPE:
