@@ -66,12 +66,13 @@ def test_detection_latency_is_at_most_one_interval_plus_a_pass() -> None:
 @pytest.mark.parametrize(
     ("configured", "period", "remaining", "expected"),
     [
-        (None, 60, 90, 50),  # until shortly before the next tick of rate(1 minute)
-        (None, 300, 90, 80),  # bounded by the function's time left
+        (None, 60, 90, 60),  # until the next tick of rate(1 minute): no gap (the lease serialises)
+        (None, 60, 60, 55),  # the deployed case: 60 s timeout, 5 s kept free
+        (None, 300, 90, 85),  # bounded by the function's time left
         (None, None, 90, 0),  # cron(...) schedule: one pass
         (0, 60, 90, 0),
         (30, 60, 90, 30),
-        (120, 60, 60, 50),
+        (120, 60, 60, 55),
         (None, 60, 5, 0),
     ],
 )

@@ -12,18 +12,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# Kept free at the end of an invocation: for the last pass to overrun, and for the next
-# scheduled invocation (reserved concurrency 1) to start on time.
-SAFETY_MARGIN_SECONDS = 10.0
+# Kept free at the end of an invocation: for the last pass to overrun a little, and to release
+# the lease and save the probe streaks. Invocations may overlap: the lease in the ledger lets
+# one act at a time, and releasing it at the end lets the next one act at its next pass.
+SAFETY_MARGIN_SECONDS = 5.0
+# No AWS call of a pass runs closer than this to the invocation's end.
+DEADLINE_MARGIN_SECONDS = 2.0
 
 
 def poll_window_seconds(configured: float | None, schedule_period: float | None, remaining: float) -> float:
-    """How long to keep polling. ``configured`` None: until shortly before the next schedule tick.
+    """How long to keep polling. ``configured`` None: until the next schedule tick (no gap before it).
 
     Never past ``remaining - SAFETY_MARGIN_SECONDS`` (the invocation's time left); 0 means one pass.
+    With ``rate(1 minute)`` and the poller's 60 s timeout, the window is 55 s: the next invocation
+    starts about 5 s after the last pass, so detection stays within about one interval plus a pass.
     """
     if configured is None:
-        configured = schedule_period - SAFETY_MARGIN_SECONDS if schedule_period else 0.0
+        configured = schedule_period or 0.0
     return max(0.0, min(configured, remaining - SAFETY_MARGIN_SECONDS))
 
 
