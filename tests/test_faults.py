@@ -299,3 +299,45 @@ def test_no_heartbeat_for_a_pass_that_could_not_read_cloud_map(
     assert output.metrics.value("HealthScanCompleted") == 0
     assert len(aws.instance_ids(orders.cloudmap_service_ids[0])) == 2  # the guard could not count: nothing left
     assert "Health scan pass incomplete" in output.messages("INFO")
+
+
+def test_a_hung_and_throttled_cluster_is_skipped_within_the_pass_bound_and_the_others_are_acted_on(
+    aws: FleetBuilder, lambda_context: FakeLambdaContext, read_output: Any, clock: VirtualTime, mocker: Any
+) -> None:
+    """Issue: one throttled or hung cluster used to block every cluster behind it (~96 attempts, ~510 s)."""
+    from moto.ecs.models import EC2ContainerServiceBackend
+
+    from cloudmap_reactor.adapters.clients import ecs_client
+    from cloudmap_reactor.handlers import health_poller
+    from tests.conftest import load_event
+
+    aws.create_cluster("prod")
+    prod = aws.create_service("prod", "orders", discovery_names=["orders"])
+    for arn, health in zip(aws.start_tasks(prod, 4), ["UNHEALTHY", "HEALTHY", "HEALTHY", "HEALTHY"], strict=True):
+        aws.set_health(arn, health)
+    aws.create_cluster("slow")
+    slow = aws.create_service("slow", "search", discovery_names=["search"])
+    aws.start_tasks(slow, 2)
+    real = EC2ContainerServiceBackend.describe_tasks
+
+    def describe_tasks(self: Any, cluster_str: str, tasks: Any, *args: Any, **kwargs: Any) -> Any:
+        if cluster_str.endswith("/slow") or cluster_str == "slow":
+            raise Throttled  # for ever
+        return real(self, cluster_str, tasks, *args, **kwargs)
+
+    mocker.patch.object(EC2ContainerServiceBackend, "describe_tasks", describe_tasks)
+    virtual_time.slow_answers(ecs_client(), clock, 1.0)  # and every ECS answer takes a second
+    lambda_context.remaining_ms = 20_000
+    started = clock.now
+
+    with pytest.raises(health_poller.HealthScanIncomplete, match="cluster/slow"):
+        health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
+
+    assert clock.now - started <= 20 - 2  # no AWS call past the deadline (2 s before the timeout)
+    assert aws.instance_ids(prod.cloudmap_service_ids[0]) == set(map(task_id, prod.task_arns[1:]))
+    output = read_output()
+    skipped = [r for r in output.logs if r["message"] == "Could not scan cluster"]
+    assert [(r["cluster_arn"].rsplit("/", 1)[-1], r["reason"]) for r in skipped] == [("slow", "Deadline")]
+    assert output.metrics.value("ClusterSkipped", Reason="Deadline") == 1
+    assert output.metrics.value("TasksDeregistered", Reason="Unhealthy") == 1
+    assert output.metrics.value("HealthScanCompleted") == 0

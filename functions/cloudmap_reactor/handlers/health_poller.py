@@ -18,6 +18,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cloudmap_reactor import wiring
+from cloudmap_reactor.adapters import deadline as aws_clock
 from cloudmap_reactor.core.http_checks import ProblemKind
 from cloudmap_reactor.core.poll_loop import DEADLINE_MARGIN_SECONDS, PollLoop, poll_window_seconds
 from cloudmap_reactor.core.ports import AwsCallFailed
@@ -43,7 +44,7 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     scanner = deps.new_scanner(owner=context.aws_request_id)
     remaining = context.get_remaining_time_in_millis() / 1000
     # No AWS call of any pass may run into the time kept free at the end of the invocation.
-    deadline = time.monotonic() + max(0.0, remaining - DEADLINE_MARGIN_SECONDS)
+    deadline = aws_clock.now() + max(0.0, remaining - DEADLINE_MARGIN_SECONDS)
     window = poll_window_seconds(policy.poll_window_seconds, policy.poll_schedule_seconds, remaining)
     failures: list[ClusterSkipped] = []
     totals = {"tasks_examined": 0, "unhealthy_found": 0, "deregistrations": 0}
