@@ -341,3 +341,28 @@ def test_a_hung_and_throttled_cluster_is_skipped_within_the_pass_bound_and_the_o
     assert output.metrics.value("ClusterSkipped", Reason="Deadline") == 1
     assert output.metrics.value("TasksDeregistered", Reason="Unhealthy") == 1
     assert output.metrics.value("HealthScanCompleted") == 0
+
+
+def test_describe_tasks_answering_only_failures_is_a_failed_read_not_an_empty_cluster(
+    aws: FleetBuilder, orders: SeededService, lambda_context: FakeLambdaContext, read_output: Any, mocker: Any
+) -> None:
+    """No heartbeat for a pass that read nothing: DescribeTasks answered 200 with every task in ``failures``."""
+    import json
+
+    from cloudmap_reactor.handlers import health_poller
+    from tests.conftest import load_event
+
+    def only_failures(self: Any) -> str:  # the shape of DescribeTasks' answer, every task a failure
+        return json.dumps(
+            {"tasks": [], "failures": [{"arn": t, "reason": "ACCESS_DENIED"} for t in self._get_param("tasks")]}
+        )
+
+    mocker.patch("moto.ecs.responses.EC2ContainerServiceResponse.describe_tasks", only_failures)
+
+    with pytest.raises(health_poller.HealthScanIncomplete):
+        health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
+
+    output = read_output()
+    assert output.metrics.value("HealthScanCompleted") == 0
+    skipped = next(r for r in output.logs if r["message"] == "Could not scan cluster")
+    assert "described none of" in skipped["error"]

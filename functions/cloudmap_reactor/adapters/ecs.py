@@ -122,7 +122,12 @@ class EcsReader:
     def _describe(self, cluster_arn: str, batch: list[str]) -> list[TaskSnapshot]:
         with aws_call("DescribeTasks", cluster_arn):
             response = self._client.describe_tasks(cluster=cluster_arn, tasks=batch)
-        return [_to_task_snapshot(cluster_arn, raw) for raw in response.get("tasks", [])]
+        tasks = response.get("tasks", [])
+        failures = [f for f in response.get("failures", []) if f.get("reason") != "MISSING"]
+        if failures and not tasks:  # nothing was read: a failed read, not an empty cluster
+            reasons = sorted({str(f.get("reason")) for f in failures})
+            raise AwsCallFailed(f"DescribeTasks on {cluster_arn} described none of {len(batch)} tasks: {reasons}")
+        return [_to_task_snapshot(cluster_arn, raw) for raw in tasks]
 
     def _list(self, operation: str, key: str, **kwargs: Any) -> list[str]:
         paginator = self._client.get_paginator(operation)  # type: ignore[call-overload]
