@@ -323,3 +323,53 @@ def test_a_task_quarantined_for_failed_probes_too_long_is_replaced(
     assert [(c.change.value, c.record.task_arn) for c in replaced.ledger] == [("replaced", arns[0])]
     task = boto3.client("ecs").describe_tasks(cluster=service.cluster_arn, tasks=[arns[0]])["tasks"][0]
     assert task["desiredStatus"] == "STOPPED"
+
+
+def started(arn: str, service: SeededService, context: FakeLambdaContext) -> dict[str, Any]:
+    """The ECS event of a started task (lastStatus RUNNING), as the ReadinessEvents rule sends it."""
+    event = task_event(arn, service.cluster_arn, group=f"service:{service.name}", desired_status="RUNNING")
+    result: dict[str, Any] = task_state_change.lambda_handler(event, context)
+    return result
+
+
+def test_readiness_events_hold_a_starting_task_out_within_seconds_and_bring_it_back(
+    aws: FleetBuilder, lambda_context: FakeLambdaContext, read_output: Any
+) -> None:
+    aws.create_cluster("prod")
+    service = aws.create_service(
+        "prod", "orders", discovery_names=["orders"], tags={"cloudmap-reactor:hold-until-healthy": "true"}
+    )
+    sid = service.cloudmap_service_ids[0]
+    for arn in aws.start_tasks(service, 3):
+        aws.set_health(arn, "HEALTHY")
+    starting = aws.start_tasks(service, 1)[0]  # registered by Service Connect, health check still starting
+    before = attributes(aws, sid)
+
+    assert started(starting, service, lambda_context)["outcomes"] == {sid: "deregistered"}
+    assert task_ids(starting).isdisjoint(aws.instance_ids(sid))
+    assert next(iter(quarantined(aws).values())).reason is Reason.NOT_READY
+
+    aws.set_health(starting, "HEALTHY")  # ECS sends another event when the health status changes
+    assert started(starting, service, lambda_context)["restored"] == 1
+    assert attributes(aws, sid) == before
+    assert quarantined(aws) == {}
+    assert read_output().metrics.value("TasksRestored", Reason="NotReady") == 1
+
+
+def test_readiness_events_never_empty_a_service_and_ignore_services_not_held(
+    aws: FleetBuilder, lambda_context: FakeLambdaContext
+) -> None:
+    aws.create_cluster("prod")
+    held = aws.create_service(
+        "prod", "orders", discovery_names=["orders"], tags={"cloudmap-reactor:hold-until-healthy": "true"}
+    )
+    only = aws.start_tasks(held, 1)[0]  # the first task of a new service: nothing healthy to fall back on
+    plain = aws.create_service("prod", "search", discovery_names=["search"])
+    other = aws.start_tasks(plain, 1)[0]
+
+    assert started(only, held, lambda_context)["outcomes"] == {}  # fail-open
+    assert started(other, plain, lambda_context) == {"status": "ignored"}
+
+    assert aws.instance_ids(held.cloudmap_service_ids[0]) == task_ids(only)
+    assert aws.instance_ids(plain.cloudmap_service_ids[0]) == task_ids(other)
+    assert quarantined(aws) == {}

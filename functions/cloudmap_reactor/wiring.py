@@ -35,6 +35,10 @@ class ReactorDeps:
     policy: Policy
     services: CachedServiceLookup
     actor: Actor
+    # Readiness events (ReadinessEvents=true): one service's tasks and instances, and the ledger.
+    fleet: EcsReader
+    registry: CloudMapDeregistrar
+    ledger: DynamoDbLedger | None
 
 
 @dataclass(slots=True)
@@ -90,10 +94,16 @@ def policy() -> Policy:
 @cache
 def reactor_deps() -> ReactorDeps:
     config = policy()
+    fleet = EcsReader(ecs_client())
+    registry = CloudMapDeregistrar(cloudmap_client())
+    ledger = DynamoDbLedger(dynamodb_client(), config.ledger_table) if config.ledger_table else None
     return ReactorDeps(
         policy=config,
-        services=CachedServiceLookup(EcsReader(ecs_client()), ttl_seconds=config.service_cache_ttl_seconds),
-        actor=Actor(remover=CloudMapDeregistrar(cloudmap_client())),
+        services=CachedServiceLookup(fleet, ttl_seconds=config.service_cache_ttl_seconds),
+        actor=Actor(remover=registry, registrar=registry, ledger=ledger),
+        fleet=fleet,
+        registry=registry,
+        ledger=ledger,
     )
 
 

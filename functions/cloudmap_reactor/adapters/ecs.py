@@ -67,8 +67,8 @@ class EcsReader:
         batches = _chunks(task_arns, DESCRIBE_TASKS_BATCH)
         return [task for batch in batches for task in self._describe(cluster_arn, batch)]
 
-    def describe_running_tasks(self, cluster_arn: str) -> list[TaskSnapshot]:
-        """List the tasks whose desired status is RUNNING and describe them, one page at a time.
+    def describe_running_tasks(self, cluster_arn: str, service_name: str | None = None) -> list[TaskSnapshot]:
+        """List the tasks whose desired status is RUNNING (of one service, if named) and describe them.
 
         Each page of ``ListTasks`` (100 ARNs) is handed to the executor for ``DescribeTasks`` while
         the next page is fetched: the two call chains overlap instead of adding up.
@@ -77,8 +77,12 @@ class EcsReader:
         done: list[TaskSnapshot] = []
         try:
             with aws_call("ListTasks", cluster_arn):
+                only = {"serviceName": service_name} if service_name else {}
                 pages = self._client.get_paginator("list_tasks").paginate(
-                    cluster=cluster_arn, desiredStatus="RUNNING", PaginationConfig={"PageSize": LIST_PAGE_SIZE}
+                    cluster=cluster_arn,
+                    desiredStatus="RUNNING",
+                    PaginationConfig={"PageSize": LIST_PAGE_SIZE},
+                    **only,  # type: ignore[arg-type]
                 )
                 for page in pages:
                     for batch in _chunks(page.get("taskArns", []), DESCRIBE_TASKS_BATCH):

@@ -56,6 +56,8 @@ class Hold(StrEnum):
     SERVICE_NOT_FOUND = "service-not-found"
     NO_CLOUDMAP = "no-cloudmap"
     TAGS_OUT_OF_SCOPE = "tags-out-of-scope"
+    NO_LEDGER = "no-ledger"
+    NOT_HELD_UNTIL_HEALTHY = "not-held-until-healthy"
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,8 +90,8 @@ class FleetReader(ServiceDirectory, Protocol):
 
     def list_service_arns(self, cluster_arn: str) -> list[str]: ...
 
-    def describe_running_tasks(self, cluster_arn: str) -> list[TaskSnapshot]:
-        """Every task of the cluster whose desired status is RUNNING, described."""
+    def describe_running_tasks(self, cluster_arn: str, service_name: str | None = None) -> list[TaskSnapshot]:
+        """Every task of the cluster (or of one of its services) whose desired status is RUNNING, described."""
         ...
 
     def describe_tasks(self, cluster_arn: str, task_arns: Iterable[str]) -> list[TaskSnapshot]: ...

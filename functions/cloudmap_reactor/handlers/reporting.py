@@ -9,15 +9,27 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from cloudmap_reactor.core.model import Deregistration, Outcome
 from cloudmap_reactor.observability import MetricName, count, count_with_reason, logger, metrics
-from cloudmap_reactor.poller.acting import Change
+from cloudmap_reactor.poller.acting import Change, LedgerChange
 from cloudmap_reactor.poller.scanner import HealthPassResult
 
 
 def report_ledger(result: HealthPassResult) -> None:
     """Quarantined instances: what came back, what was forgotten or replaced, and the ledger's size and age."""
+    report_ledger_changes(result.ledger, now=result.now)
+    if result.ledger_unreadable:
+        unreadable = {"items": result.ledger_unreadable}
+        logger.warning("Ledger items that are not quarantine records were skipped", extra=unreadable)
+    count(MetricName.QUARANTINED_INSTANCES, len(result.quarantined))
+    metrics.add_metric(
+        name=MetricName.OLDEST_QUARANTINE_SECONDS.value, unit=MetricUnit.Seconds, value=result.oldest_quarantine_seconds
+    )
+
+
+def report_ledger_changes(changes: Iterable[LedgerChange], *, now: float) -> None:
+    """One log record per quarantined instance registered again, forgotten or replaced; their metrics."""
     restored: Counter[str] = Counter()
     errors = replaced = 0
-    for change in result.ledger:
+    for change in changes:
         record = change.record
         fields = {
             "cluster_arn": record.cluster_arn,
@@ -26,7 +38,7 @@ def report_ledger(result: HealthPassResult) -> None:
             "cloudmap_service_id": record.cloudmap_service_id,
             "instance_id": record.instance_id,
             "reason": record.reason.value,
-            "quarantined_seconds": round(result.now - record.since, 1),
+            "quarantined_seconds": round(now - record.since, 1),
         }
         if change.error is not None:
             logger.error(
@@ -49,14 +61,6 @@ def report_ledger(result: HealthPassResult) -> None:
         count(MetricName.RESTORE_ERRORS, errors)
     if replaced:
         count(MetricName.TASKS_REPLACED, replaced)
-    if result.ledger_unreadable:
-        logger.warning(
-            "Ledger items that are not quarantine records were skipped", extra={"items": result.ledger_unreadable}
-        )
-    count(MetricName.QUARANTINED_INSTANCES, len(result.quarantined))
-    metrics.add_metric(
-        name=MetricName.OLDEST_QUARANTINE_SECONDS.value, unit=MetricUnit.Seconds, value=result.oldest_quarantine_seconds
-    )
 
 
 _VERB = {Change.RESTORED: "register again", Change.FORGOTTEN: "forget", Change.REPLACED: "stop"}

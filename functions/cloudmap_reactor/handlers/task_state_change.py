@@ -9,6 +9,7 @@ always counted in ``DeregistrationErrors`` and raised, never cut short by Lambda
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
@@ -16,18 +17,63 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cloudmap_reactor import wiring
 from cloudmap_reactor.adapters import deadline
-from cloudmap_reactor.core.decide import decide_stop_event, stop_event_precheck
+from cloudmap_reactor.core.decide import (
+    decide_started_task,
+    decide_stop_event,
+    held_until_healthy,
+    started_event_precheck,
+    stop_event_precheck,
+)
 from cloudmap_reactor.core.decisions import Hold
+from cloudmap_reactor.core.model import RUNNING
 from cloudmap_reactor.core.ports import AwsCallFailed
-from cloudmap_reactor.events import InvalidEvent, parse_task_state_change
-from cloudmap_reactor.handlers.reporting import report_deregistrations
+from cloudmap_reactor.events import InvalidEvent, TaskStateChange, parse_task_state_change
+from cloudmap_reactor.handlers.reporting import report_deregistrations, report_ledger_changes
 from cloudmap_reactor.observability import MetricName, count, logger, metrics, traced_phase, tracer
+from cloudmap_reactor.poller.reading import read_service
 
 # Kept free at the end of the invocation (of the 30 s timeout): for botocore's connect timeout
 # (3 s, not shortened by the deadline), the logs and the metrics.
 DEADLINE_MARGIN_SECONDS = 5.0
 
 wiring.policy()  # a bad environment stops the function here, at its cold start, naming the variable
+
+
+def _started(task: TaskStateChange, deps: wiring.ReactorDeps, context: LambdaContext) -> dict[str, Any]:
+    """Hold a starting task out of Cloud Map until ECS reports it HEALTHY, within seconds (the poller would too)."""
+    held = started_event_precheck(
+        cluster_arn=task.cluster_arn, group=task.group, last_status=task.last_status, policy=deps.policy
+    )
+    if held is not None or deps.ledger is None:
+        why = held.why.value if held else "no-ledger"
+        logger.info("Ignoring a started task", extra={"hold": why, "group": task.group})
+        return {"status": "ignored"}
+    at = deadline.now() + context.get_remaining_time_in_millis() / 1000 - DEADLINE_MARGIN_SECONDS
+    with deadline.aws_deadline(at):
+        try:
+            service = deps.services.get(task.cluster_arn, task.service_name or "")
+            if service is None or not held_until_healthy(service, deps.policy):
+                logger.info("Ignoring a started task: its service is not held until healthy")
+                return {"status": "ignored"}
+            snapshot = read_service(deps.fleet, deps.registry, deps.ledger, service)
+        except AwsCallFailed as exc:  # retried by Lambda, then the DLQ; the poller gets to it anyway
+            logger.error("Could not read the started task's service", extra={"error": str(exc)})
+            raise DeregistrationFailed(f"readiness of {task.task_arn}: {exc}") from exc
+        decision = decide_started_task(snapshot, task.task_arn, deps.policy)
+        acted = deps.actor.apply(decision)
+    report_deregistrations(acted.deregistrations)
+    report_ledger_changes(acted.ledger, now=time.time())
+    for verdict in decision.fail_open:
+        logger.warning(
+            "Fail-open: the started task stays registered", extra={"cloudmap_service_id": verdict.cloudmap_service_id}
+        )
+    if acted.failed:
+        raise DeregistrationFailed(f"{len(acted.failed)} deregistration(s) failed for {task.task_arn}")
+    return {
+        "status": "processed",
+        "outcomes": {d.cloudmap_service_id: d.outcome.value for d in acted.deregistrations},
+        "restored": sum(1 for c in acted.ledger if c.error is None and not c.dry_run),
+    }
 
 
 class DeregistrationFailed(RuntimeError):
@@ -48,6 +94,8 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         return {"status": "invalid"}
 
     logger.append_keys(cluster_arn=task.cluster_arn, task_arn=task.task_arn, ecs_service=task.service_name)
+    if task.desired_status == RUNNING:  # ReadinessEvents: a task of a service has started
+        return _started(task, deps, context)
     held = stop_event_precheck(
         cluster_arn=task.cluster_arn, group=task.group, desired_status=task.desired_status, policy=deps.policy
     )

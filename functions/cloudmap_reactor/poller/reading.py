@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 from cloudmap_reactor.adapters.deadline import DeadlineExceeded, aws_deadline, submit_in_context
 from cloudmap_reactor.config import Policy
+from cloudmap_reactor.core.decisions import ClusterSnapshot
 from cloudmap_reactor.core.http_checks import HttpChecks, ProbeProblem
 from cloudmap_reactor.core.model import EcsService, TaskSnapshot, looks_like_task_id
-from cloudmap_reactor.core.ports import AwsCallFailed, CloudMapRegistry, FleetReader
+from cloudmap_reactor.core.ports import AwsCallFailed, CloudMapRegistry, FleetReader, QuarantineLedger
 from cloudmap_reactor.core.probing import HttpCheck
 from cloudmap_reactor.core.start_order import start_order_clients
 from cloudmap_reactor.poller.memory import ClusterView, InvocationMemory
@@ -234,3 +235,24 @@ def _skip_reason(exc: AwsCallFailed) -> str:
         return "Deadline"
     text = f"{exc} {exc.__cause__ or ''}"
     return "Throttled" if any(word in text for word in THROTTLING) else "Error"
+
+
+def read_service(
+    fleet: FleetReader, registry: CloudMapRegistry, ledger: QuarantineLedger, service: EcsService
+) -> ClusterSnapshot:
+    """One service as the decision module reads a cluster: its tasks, its instances (listed now), its records.
+
+    For the reactor's readiness events: a few calls for one service instead of a whole pass.
+    """
+    listed = {sid: registry.list_instances(sid) for sid in sorted(service.cloudmap_service_ids)}
+    records, _ = ledger.quarantined()
+    return ClusterSnapshot(
+        cluster_arn=service.cluster_arn,
+        services={service.service_name: service},
+        tasks=tuple(fleet.describe_running_tasks(service.cluster_arn, service.service_name)),
+        instances=listed,
+        quarantined=tuple(
+            r for r in records if r.cluster_arn == service.cluster_arn and r.service_name == service.service_name
+        ),
+        fresh=frozenset(listed),
+    )

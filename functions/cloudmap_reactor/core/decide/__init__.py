@@ -20,6 +20,15 @@ replaced), ``upkeep`` (reconciliation, start order).
   or never registered are not capacity.
 * Reconciliation: an instance whose task ECS is stopping or has stopped leaves (``Rule.RECONCILE``);
   one whose id matches no task ECS knows is only counted (an orphan), never removed.
+* Readiness (with the ledger): a task that failed its HTTP check before ever passing it, or (held
+  until healthy by tag or policy) one ECS does not report ``HEALTHY`` yet, is not ready: it leaves
+  as ``NotReady`` (``Rule.NOT_READY_PROBE``, ``Rule.NOT_READY_HEALTH``), guarded like the others.
+* Quarantine (with the ledger): a health or readiness removal of a running task is recorded first
+  with the instance's exact attributes. A quarantined instance comes back (``Rule.RECOVERED``)
+  when its task runs in this pass and is healthy again (ECS ``HEALTHY``, or
+  ``probe_healthy_threshold`` probes in a row); its record is forgotten, never registered again,
+  when ECS is stopping the task or no longer lists it (``Rule.TASK_GONE``); optionally a task
+  quarantined for failed probes too long is stopped (``Rule.REPLACE``), one per service per pass.
 * Start order: at most one stale client per cluster and pass is redeployed (``Rule.START_ORDER``).
 * Only services in scope (cluster list, tags) and registered in Cloud Map are touched; a dry run
   holds every action back and says what it would have done.
@@ -32,16 +41,27 @@ from cloudmap_reactor.core.decide.health import guarded, health_removals
 from cloudmap_reactor.core.decide.recovery import recover
 from cloudmap_reactor.core.decide.upkeep import reconcile, start_order, tasks_by_service, with_dry_run
 from cloudmap_reactor.core.decisions import (
+    Action,
     ClusterSnapshot,
     Decision,
     Deregister,
     Held,
     Hold,
     Memory,
+    Restore,
     Rule,
     UnhealthyTask,
 )
-from cloudmap_reactor.core.model import STOPPED, EcsService, Reason, is_unhealthy_and_running, service_name_from_group
+from cloudmap_reactor.core.model import (
+    HOLD_UNTIL_HEALTHY_TAG,
+    RUNNING,
+    STOPPED,
+    EcsService,
+    Reason,
+    is_true,
+    is_unhealthy_and_running,
+    service_name_from_group,
+)
 
 
 # -- the reactor -----------------------------------------------------------------------------------
@@ -69,6 +89,49 @@ def decide_stop_event(*, task_arn: str, service: EcsService | None, policy: Poli
         for sid in sorted(service.cloudmap_service_ids)
     ]
     return with_dry_run(removals, policy)
+
+
+def started_event_precheck(*, cluster_arn: str, group: str, last_status: str, policy: Policy) -> Held | None:
+    """A task of a service has started (ReadinessEvents): worth a look only if it may be held until healthy."""
+    if last_status != RUNNING:
+        return Held(Hold.NOT_STOPPING, f"lastStatus is {last_status}")
+    if service_name_from_group(group) is None:
+        return Held(Hold.NOT_A_SERVICE, f"group {group!r} is not a service")
+    if not policy.in_scope(cluster_arn):
+        return Held(Hold.CLUSTER_OUT_OF_SCOPE, "cluster not in CLUSTER_ARNS")
+    if not policy.ledger_table:
+        return Held(Hold.NO_LEDGER, "no ledger: a task taken out for readiness could not come back")
+    return None
+
+
+def held_until_healthy(service: EcsService, policy: Policy) -> bool:
+    """Readiness by ECS health applies: the service is tagged, or every service is (HoldUntilHealthy)."""
+    return service.managed(policy.tag_scope) and (
+        policy.hold_until_healthy or is_true(service.tag(HOLD_UNTIL_HEALTHY_TAG))
+    )
+
+
+def decide_started_task(snapshot: ClusterSnapshot, task_arn: str, policy: Policy) -> Decision:
+    """The poller's rules for one service, narrowed to one task: out while not HEALTHY, back once it is.
+
+    ``snapshot`` holds that service alone (its tasks, its instances listed now, its records), so the
+    fail-open guard counts only its tasks: tasks of another ECS service sharing a Cloud Map service
+    are not counted as healthy, which can only hold more back. Everything else is the poller's.
+    """
+    full = decide_cluster(snapshot, Memory(), policy)
+    task_id = task_arn.rsplit("/", 1)[-1]
+
+    def concerns(action: Action | None) -> bool:
+        if isinstance(action, Deregister):
+            return action.task_arn == task_arn and action.rule is Rule.NOT_READY_HEALTH
+        return isinstance(action, Restore) and action.record.instance_id == task_id
+
+    return Decision(
+        actions=[a for a in full.actions if concerns(a)],
+        held=[h for h in full.held if concerns(h.action)],
+        guard=[v for v in full.guard if any(concerns(h.action) for h in full.held)],
+        needs_listing=full.needs_listing,
+    )
 
 
 def decide_cluster(snapshot: ClusterSnapshot, memory: Memory, policy: Policy) -> Decision:
