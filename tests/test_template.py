@@ -821,6 +821,18 @@ def test_reactor_permissions(params: Params) -> None:
     }
 
 
+def test_the_reactor_reads_a_started_tasks_service_only_with_readiness_events() -> None:
+    readiness = {"ReadinessEvents": "true"}
+    assert not {"ecs:ListTasks", "servicediscovery:RegisterInstance"} & grants(Stack({}), REACTOR).keys()
+    granted = grants(Stack(readiness), REACTOR)
+    assert granted["ecs:ListTasks"] == [("*", None)]
+    assert granted["ecs:DescribeTasks"] == [(ECS_TASKS, None)]
+    assert granted["servicediscovery:ListInstances"] == [(CLOUDMAP_SERVICES, None)]
+    assert granted["servicediscovery:RegisterInstance"] == [(CLOUDMAP_SERVICES, None)]
+    scoped = grants(Stack({**WITH_CLUSTERS, **readiness}), REACTOR)
+    assert scoped["ecs:ListTasks"] == [("*", {"ArnEquals": {"ecs:cluster": list(CLUSTERS)}})]
+
+
 def test_poller_permissions_for_every_cluster(stack: Stack) -> None:
     assert grants(stack, POLLER) == {
         "ecs:ListClusters": [("*", None)],
