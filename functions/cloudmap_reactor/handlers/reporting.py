@@ -63,7 +63,7 @@ def report_ledger_changes(changes: Iterable[LedgerChange], *, now: float) -> Non
         count(MetricName.TASKS_REPLACED, replaced)
 
 
-_VERB = {Change.RESTORED: "register again", Change.FORGOTTEN: "forget", Change.REPLACED: "stop"}
+_VERB = {Change.RESTORED: "restore", Change.FORGOTTEN: "forget", Change.REPLACED: "stop"}
 
 
 def report_deregistrations(records: Iterable[Deregistration]) -> None:
