@@ -170,7 +170,8 @@ def test_poller_throttled_beyond_botocore_retries_fails_that_clusters_read_for_t
     with pytest.raises(health_poller.HealthScanIncomplete, match=orders.cluster_arn):
         health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
 
-    assert faults.attempts == TOTAL_MAX_ATTEMPTS  # one DescribeTasks call, botocore's attempts, no adapter retry
+    # one DescribeTasks call: botocore's attempts (fewer if a back-off would pass the read deadline), no adapter retry
+    assert 2 <= faults.attempts <= TOTAL_MAX_ATTEMPTS
     assert sum(clock.slept) <= 1 + 2 + 4 + 8 + 16  # botocore's back-offs only (no adapter back-off)
     assert aws.instance_ids(orders.cloudmap_service_ids[0]) == set(map(task_id, orders.task_arns))
     assert wiring.poller_deps().ecs_budget._penalty_until > 0
@@ -327,18 +328,21 @@ def test_a_hung_and_throttled_cluster_is_skipped_within_the_pass_bound_and_the_o
 
     mocker.patch.object(EC2ContainerServiceBackend, "describe_tasks", describe_tasks)
     virtual_time.slow_answers(ecs_client(), clock, 1.0)  # and every ECS answer takes a second
-    lambda_context.remaining_ms = 20_000
+    lambda_context.remaining_ms = 60_000
     started = clock.now
 
     with pytest.raises(health_poller.HealthScanIncomplete, match="cluster/slow"):
         health_poller.lambda_handler(load_event("scheduled-poll.json"), lambda_context)
 
-    assert clock.now - started <= 20 - 2  # no AWS call past the deadline (2 s before the timeout)
+    assert clock.now - started <= 60 - 2  # no AWS call past the deadline (2 s before the timeout)
+    # the slow cluster's reads end early enough (a quarter of the pass, at most 5 s, is kept) to act
     assert aws.instance_ids(prod.cloudmap_service_ids[0]) == set(map(task_id, prod.task_arns[1:]))
     output = read_output()
     skipped = [r for r in output.logs if r["message"] == "Could not scan cluster"]
-    assert [(r["cluster_arn"].rsplit("/", 1)[-1], r["reason"]) for r in skipped] == [("slow", "Deadline")]
-    assert output.metrics.value("ClusterSkipped", Reason="Deadline") == 1
+    # one virtual clock for every thread: whether botocore's last back-off or the deadline ends it varies
+    assert [r["cluster_arn"].rsplit("/", 1)[-1] for r in skipped] == ["slow"]
+    assert skipped[0]["reason"] in ("Deadline", "Throttled")
+    assert output.metrics.value("ClusterSkipped", Reason=skipped[0]["reason"]) == 1
     assert output.metrics.value("TasksDeregistered", Reason="Unhealthy") == 1
     assert output.metrics.value("HealthScanCompleted") == 0
 
@@ -365,4 +369,4 @@ def test_describe_tasks_answering_only_failures_is_a_failed_read_not_an_empty_cl
     output = read_output()
     assert output.metrics.value("HealthScanCompleted") == 0
     skipped = next(r for r in output.logs if r["message"] == "Could not scan cluster")
-    assert "described none of" in skipped["error"]
+    assert "described 0 of 2 tasks: ['ACCESS_DENIED']" in skipped["error"]

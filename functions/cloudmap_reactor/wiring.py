@@ -74,13 +74,16 @@ class PollerDeps:
 
     def _history(self) -> ProbeHistory:
         if self.history is None:
-            streaks = {}
+            streaks, unknown = {}, False
             if self.ledger is not None:
                 try:
                     streaks = self.ledger.load_streaks()
                 except AwsCallFailed as exc:
-                    logger.warning("Could not load the probe streaks; starting afresh", extra={"error": str(exc)})
-            self.history = ProbeHistory(streaks)
+                    unknown = True  # ready instances must not look never-ready: assume they are
+                    logger.warning(
+                        "Could not load the probe streaks; taking instances as ready", extra={"error": str(exc)}
+                    )
+            self.history = ProbeHistory(streaks, assume_ready=unknown)
         return self.history
 
 
@@ -100,7 +103,7 @@ def reactor_deps() -> ReactorDeps:
     return ReactorDeps(
         policy=config,
         services=CachedServiceLookup(fleet, ttl_seconds=config.service_cache_ttl_seconds),
-        actor=Actor(remover=registry, registrar=registry, ledger=ledger),
+        actor=Actor(remover=registry, registrar=registry, ledger=ledger, tasks=fleet),
         fleet=fleet,
         registry=registry,
         ledger=ledger,
@@ -112,21 +115,24 @@ def poller_deps() -> PollerDeps:
     config = policy()
     ecs = ecs_client()
     budget = TokenBucket(config.ecs_reads_per_second)
+    calls_pool = ThreadPoolExecutor(max_workers=config.scan_concurrency, thread_name_prefix="aws-call")
+    fleet = EcsReader(ecs, executor=calls_pool)
     budget.attach(ecs)
-    calls = ThreadPoolExecutor(max_workers=config.scan_concurrency, thread_name_prefix="aws-call")
     registry = CloudMapDeregistrar(cloudmap_client())
     ledger = DynamoDbLedger(dynamodb_client(), config.ledger_table) if config.ledger_table else None
     updater = EcsServiceUpdater(ecs)
     return PollerDeps(
         policy=config,
         reader=PassReader(
-            fleet=EcsReader(ecs, executor=calls),
+            fleet=fleet,
             registry=registry,
             policy=config,
             clusters=ThreadPoolExecutor(max_workers=config.scan_concurrency, thread_name_prefix="cluster"),
-            calls=calls,
+            calls=calls_pool,
         ),
-        actor=Actor(remover=registry, registrar=registry, ledger=ledger, redeployer=updater, stopper=updater),
+        actor=Actor(
+            remover=registry, registrar=registry, ledger=ledger, redeployer=updater, stopper=updater, tasks=fleet
+        ),
         ecs_budget=budget,
         prober=_prober(config),
         ledger=ledger,

@@ -57,7 +57,9 @@ def cloudmap_client() -> ServiceDiscoveryClient:
 
 @cache
 def dynamodb_client() -> DynamoDBClient:
-    return boto3.client("dynamodb", config=CLIENT_CONFIG)
+    client: DynamoDBClient = boto3.client("dynamodb", config=CLIENT_CONFIG)
+    attach_deadline(client)
+    return client
 
 
 def reset_clients() -> None:

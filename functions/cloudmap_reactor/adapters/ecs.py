@@ -127,10 +127,14 @@ class EcsReader:
         with aws_call("DescribeTasks", cluster_arn):
             response = self._client.describe_tasks(cluster=cluster_arn, tasks=batch)
         tasks = response.get("tasks", [])
+        # MISSING: the task is gone (stopped since it was listed). Any other failure means a task
+        # that may well run was not read: the read failed (a missing task's records would be forgotten).
         failures = [f for f in response.get("failures", []) if f.get("reason") != "MISSING"]
-        if failures and not tasks:  # nothing was read: a failed read, not an empty cluster
+        if failures:
             reasons = sorted({str(f.get("reason")) for f in failures})
-            raise AwsCallFailed(f"DescribeTasks on {cluster_arn} described none of {len(batch)} tasks: {reasons}")
+            raise AwsCallFailed(
+                f"DescribeTasks on {cluster_arn} described {len(tasks)} of {len(batch)} tasks: {reasons}"
+            )
         return [_to_task_snapshot(cluster_arn, raw) for raw in tasks]
 
     def _list(self, operation: str, key: str, **kwargs: Any) -> list[str]:

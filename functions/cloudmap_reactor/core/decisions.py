@@ -57,7 +57,6 @@ class Hold(StrEnum):
     NO_CLOUDMAP = "no-cloudmap"
     TAGS_OUT_OF_SCOPE = "tags-out-of-scope"
     NO_LEDGER = "no-ledger"
-    NOT_HELD_UNTIL_HEALTHY = "not-held-until-healthy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +193,7 @@ class ClusterSnapshot:
     probes: Mapping[InstanceKey, ProbeStreak] = field(default_factory=dict)
     quarantined: tuple[QuarantineRecord, ...] = ()  # the ledger's records of this cluster
     now: float = 0.0  # epoch seconds of the pass (replacement ages)
+    probed_services: frozenset[str] = frozenset()  # services whose HTTP check was probed this pass
     # Cloud Map services listed right before acting: the only listings the guard trusts (a removal
     # by the reactor since the pass began is then counted).
     fresh: frozenset[str] = frozenset()
@@ -215,6 +215,7 @@ class Decision:
     orphans: list[OrphanInstance] = field(default_factory=list)
     stale_clients: list[StaleClient] = field(default_factory=list)
     guard: list[GuardVerdict] = field(default_factory=list)
+    invalid_records: list[QuarantineRecord] = field(default_factory=list)  # ledger items never acted on
     # Cloud Map services whose instances the guard must see before it can judge: read them, decide again.
     needs_listing: set[str] = field(default_factory=set)
 
@@ -234,4 +235,5 @@ class Decision:
         self.orphans.extend(other.orphans)
         self.stale_clients.extend(other.stale_clients)
         self.guard.extend(other.guard)
+        self.invalid_records.extend(other.invalid_records)
         self.needs_listing.update(other.needs_listing)

@@ -166,31 +166,41 @@ class ProbeHistory:
     time bound: instances on their way to a threshold first, then the longest unprobed.
     """
 
-    def __init__(self, streaks: Mapping[InstanceKey, ProbeStreak] | None = None) -> None:
+    def __init__(self, streaks: Mapping[InstanceKey, ProbeStreak] | None = None, *, assume_ready: bool = False) -> None:
+        """``assume_ready``: the saved streaks could not be read; instances first seen in the first
+        round are taken as ready (the failure threshold applies to them, not readiness)."""
         self._streaks: dict[InstanceKey, ProbeStreak] = dict(streaks or {})
+        self._assume_ready = assume_ready
         self._probed_on: dict[InstanceKey, int] = {}  # key -> the record() call it was last probed in
         self._records = 0
         self.changed = False
 
     def record(self, results: Iterable[ProbeResult], *, still_probed: Iterable[InstanceKey]) -> None:
+        """Count this round's probes; forget instances no longer probed in a Cloud Map service that was.
+
+        Streaks of Cloud Map services not probed at all this round (a cluster skipped, a listing
+        failed) are kept: losing them would make a long-ready instance look never ready.
+        """
         self._records += 1
         kept = set(still_probed)
+        probed_sids = {sid for sid, _ in kept}
         before = len(self._streaks)
-        self._streaks = {key: s for key, s in self._streaks.items() if key in kept}
-        self._probed_on = {key: n for key, n in self._probed_on.items() if key in kept}
+        self._streaks = {key: s for key, s in self._streaks.items() if key in kept or key[0] not in probed_sids}
+        self._probed_on = {key: n for key, n in self._probed_on.items() if key in kept or key[0] not in probed_sids}
         self.changed |= len(self._streaks) != before
         for result in results:
             if result.verdict is ProbeVerdict.SKIPPED:
                 continue
             key = result.target.key
             self._probed_on[key] = self._records
-            old = self._streaks.get(key, ProbeStreak())
+            old = self._streaks.get(key, ProbeStreak(passed=self._assume_ready))
             if result.verdict is ProbeVerdict.HEALTHY:
                 new = ProbeStreak(failures=0, successes=old.successes + 1, passed=True)
             else:
                 new = ProbeStreak(failures=old.failures + 1, successes=0, passed=old.passed)
             self.changed |= new != old
             self._streaks[key] = new
+        self._assume_ready = False
 
     def in_probing_order(self, targets: Iterable[ProbeTarget]) -> list[ProbeTarget]:
         """Failing instances first (most failures first), then the least recently probed (never: first)."""

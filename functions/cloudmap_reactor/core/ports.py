@@ -49,6 +49,10 @@ class ServiceRedeployer(Protocol):
         ...
 
 
+class TaskDescriber(Protocol):
+    def describe_tasks(self, cluster_arn: str, task_arns: Iterable[str]) -> list[TaskSnapshot]: ...
+
+
 class TaskStopper(Protocol):
     def stop_task(self, cluster_arn: str, task_arn: str, reason: str) -> None:
         """Stop one task (ECS starts a replacement to keep the service's desired count)."""

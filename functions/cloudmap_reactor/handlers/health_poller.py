@@ -41,10 +41,11 @@ class HealthScanIncomplete(RuntimeError):
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     deps = wiring.poller_deps()
     policy = deps.policy
-    scanner = deps.new_scanner(owner=context.aws_request_id)
     remaining = context.get_remaining_time_in_millis() / 1000
     # No AWS call of any pass may run into the time kept free at the end of the invocation.
     deadline = aws_clock.now() + max(0.0, remaining - DEADLINE_MARGIN_SECONDS)
+    with aws_clock.aws_deadline(deadline):  # a cold start reads the probe streaks
+        scanner = deps.new_scanner(owner=context.aws_request_id)
     window = poll_window_seconds(policy.poll_window_seconds, policy.poll_schedule_seconds, remaining)
     failures: list[ClusterSkipped] = []
     totals = {"tasks_examined": 0, "unhealthy_found": 0, "deregistrations": 0}
@@ -61,7 +62,8 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     try:
         passes = PollLoop(interval=policy.poll_interval_seconds, window=window).run(one_pass)
     finally:
-        _close_invocation(deps, scanner)
+        with aws_clock.aws_deadline(deadline):
+            _close_invocation(deps, scanner)
     summary = {
         "passes": passes,
         "window_seconds": round(window, 1),
@@ -91,6 +93,11 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
         metrics.flush_metrics(raise_on_empty_metrics=False)
         return
     report_ledger(result)
+    for record in result.decision.invalid_records:
+        logger.warning(
+            "Ledger record ignored: it names a Cloud Map service or task not its service's (never acted on)",
+            extra={"cloudmap_service_id": record.cloudmap_service_id, "instance_id": record.instance_id},
+        )
     for found in result.unhealthy:
         logger.warning(
             "Task is UNHEALTHY while RUNNING",

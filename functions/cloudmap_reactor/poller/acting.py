@@ -6,8 +6,8 @@ whether or not anything was written.
 
 Removal and return are symmetrical and recorded: an instance taken out while its task runs is
 first written to the ledger with its exact attributes (a record that could not be written means
-no deregistration); it comes back by deleting the record (only the one who deletes it may
-register) and registering exactly those attributes (a failed registration puts the record back).
+no deregistration); it comes back only if ECS still runs its task right before, by registering exactly those
+attributes, then deleting the record.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from cloudmap_reactor.core.decisions import (
     Restore,
     StopTask,
 )
-from cloudmap_reactor.core.model import Deregistration, Outcome
+from cloudmap_reactor.core.model import Deregistration, Outcome, is_running
 from cloudmap_reactor.core.ports import (
     AwsCallFailed,
     InstanceRegistrar,
@@ -34,6 +34,7 @@ from cloudmap_reactor.core.ports import (
     QuarantineLedger,
     RemovalResult,
     ServiceRedeployer,
+    TaskDescriber,
     TaskStopper,
 )
 from cloudmap_reactor.core.start_order import StaleClient
@@ -86,7 +87,9 @@ class Actor:
         ledger: QuarantineLedger | None = None,
         redeployer: ServiceRedeployer | None = None,
         stopper: TaskStopper | None = None,
+        tasks: TaskDescriber | None = None,
     ) -> None:
+        self._tasks = tasks
         self._remover = remover
         self._registrar = registrar
         self._ledger = ledger
@@ -137,16 +140,21 @@ class Actor:
         return _record(action, Outcome.DEREGISTERED if removed is RemovalResult.REMOVED else Outcome.ALREADY_GONE)
 
     def _restore(self, record: QuarantineRecord) -> LedgerChange:
-        if self._ledger is None or self._registrar is None:
-            return LedgerChange(Change.RESTORED, record, error="no ledger or registrar")
+        """Check the task still runs (ECS may have decided to stop it since the pass read it), register, forget.
+
+        Registering first and deleting the record after keeps the record until the instance is back:
+        a failure in between leaves a record that the next pass restores again (registering the
+        same id with the same attributes is harmless).
+        """
+        if self._ledger is None or self._registrar is None or self._tasks is None:
+            return LedgerChange(Change.RESTORED, record, error="no ledger, registrar or task reader")
         try:
-            if not self._ledger.forget(record):  # forgotten or restored meanwhile: not ours to register
-                return LedgerChange(Change.FORGOTTEN, record, error="record already gone")
-            try:
-                self._registrar.register_instance(record.cloudmap_service_id, record.instance_id, record.attributes)
-            except AwsCallFailed:
-                self._ledger.record(record)  # put it back: tried again next pass
-                raise
+            now = self._tasks.describe_tasks(record.cluster_arn, [record.task_arn])
+            if not any(is_running(t) and t.task_id == record.instance_id for t in now):
+                self._ledger.forget(record)  # stopping, stopped or gone: never registered again
+                return LedgerChange(Change.FORGOTTEN, record)
+            self._registrar.register_instance(record.cloudmap_service_id, record.instance_id, record.attributes)
+            self._ledger.forget(record)
         except AwsCallFailed as exc:
             return LedgerChange(Change.RESTORED, record, error=str(exc))
         return LedgerChange(Change.RESTORED, record)

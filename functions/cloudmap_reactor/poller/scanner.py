@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
+from cloudmap_reactor.adapters import deadline as aws_clock
 from cloudmap_reactor.adapters.deadline import aws_deadline
 from cloudmap_reactor.config import Policy
 from cloudmap_reactor.core.decide import decide_cluster
@@ -35,11 +36,13 @@ from cloudmap_reactor.core.model import Deregistration, EcsService
 from cloudmap_reactor.core.ports import AwsCallFailed, QuarantineLedger
 from cloudmap_reactor.core.probing import ProbeResult, ProbeTarget
 from cloudmap_reactor.core.start_order import StaleClient
-from cloudmap_reactor.poller.acting import Actor, LedgerChange, Redeployment
+from cloudmap_reactor.poller.acting import Actor, Change, LedgerChange, Redeployment
 from cloudmap_reactor.poller.memory import InvocationMemory
 from cloudmap_reactor.poller.reading import ALL_SERVICES, ClusterRead, ClusterSkipped, PassReader, ServiceReadFailure
 
 ALL_CLUSTERS = "*"
+LEASE_MARGIN_SECONDS = 2.0
+ACT_RESERVE_SECONDS = 5.0  # of a pass's time, kept for deciding and acting after the reads
 Annotate = Callable[[str, int], None]
 Phase = Callable[[str], AbstractContextManager[Annotate]]
 
@@ -141,6 +144,9 @@ class HealthScanner:
                     if not self._hold_lease():
                         result.lease_elsewhere = True
                         return result
+                    if self._ledger is not None and self._actor is not None:
+                        # Nothing of this pass may act after the lease it holds has expired.
+                        deadline = min(deadline, aws_clock.now() + self.hold_lease_for() - LEASE_MARGIN_SECONDS)
                     clusters = self._reader.clusters(self.memory)
                     if self._ledger is not None:
                         result.quarantined, result.ledger_unreadable = self._ledger.quarantined()
@@ -148,7 +154,10 @@ class HealthScanner:
                 result.skipped_clusters.append(ClusterSkipped(ALL_CLUSTERS, "Error", str(exc)))
                 return result
             reads: list[ClusterRead] = []
-            for read in self._reader.read_clusters(clusters, self.memory, deadline=deadline, http=self._http):
+            # Reading stops early enough for acting on the clusters that were read: a hung cluster
+            # cannot take the whole pass (and a quarter of a short one at most goes to acting).
+            read_by = deadline - min(ACT_RESERVE_SECONDS, max(0.0, deadline - aws_clock.now()) / 4)
+            for read in self._reader.read_clusters(clusters, self.memory, deadline=read_by, http=self._http):
                 if isinstance(read, ClusterSkipped):
                     result.skipped_clusters.append(read)
                 else:
@@ -233,6 +242,10 @@ class HealthScanner:
         with aws_deadline(deadline):
             acted = self._actor.apply(decision)
         self.memory.remember(acted.deregistrations)
+        # Back in Cloud Map: judged (probed, guarded, taken out again) like any other instance.
+        self.memory.removed -= {
+            c.record.key for c in acted.ledger if c.change is Change.RESTORED and not c.error and not c.dry_run
+        }
         self.memory.redeployed.update(r.client.service.service_arn for r in acted.redeployments if r.error is None)
         result.deregistrations.extend(acted.deregistrations)
         result.redeployments.extend(acted.redeployments)
@@ -262,6 +275,7 @@ class HealthScanner:
             probes=streaks,
             quarantined=quarantined,
             now=now,
+            probed_services=frozenset(read.checks) if self._http is not None else frozenset(),
             fresh=frozenset(read.fresh),
         )
 

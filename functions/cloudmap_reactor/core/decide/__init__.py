@@ -124,7 +124,11 @@ def decide_started_task(snapshot: ClusterSnapshot, task_arn: str, policy: Policy
     def concerns(action: Action | None) -> bool:
         if isinstance(action, Deregister):
             return action.task_arn == task_arn and action.rule is Rule.NOT_READY_HEALTH
-        return isinstance(action, Restore) and action.record.instance_id == task_id
+        # Only what ECS health decides: a probe's verdict is the poller's (it is in the VPC).
+        health_rules = (Rule.NOT_READY_HEALTH, Rule.ECS_UNHEALTHY)
+        return (
+            isinstance(action, Restore) and action.record.instance_id == task_id and action.record.rule in health_rules
+        )
 
     return Decision(
         actions=[a for a in full.actions if concerns(a)],
