@@ -69,7 +69,7 @@ REGION = "us-east-1"
 LEDGER_TABLE = "cloudmap-reactor-ledger"
 FLEETS = (1_000, 5_000, 10_000)
 RESTORE_SAMPLES = 24  # per kind (ECS health, HTTP probes)
-RESTORE_VICTIMS = 4  # tasks of each kind cycling between sick and healthy at once
+RESTORE_VICTIMS = 6  # tasks of each kind cycling between sick and healthy at once
 
 
 def worker_env(endpoint: str, extra: dict[str, str]) -> dict[str, str]:
