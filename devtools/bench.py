@@ -12,6 +12,12 @@ needs about 0.2 s per 100 described tasks, which AWS does not, so the bench answ
 ``DescribeTasks`` and ``ListTasks`` from the same moto data through a direct JSON encoder
 (``fast_ecs_responses``). Call counts are counted in the worker, per operation, by botocore hooks.
 
+The quarantine ledger is the template's ``LedgerTable``, created in the emulator
+(``devtools.ledger_table``) and given to every worker as ``LEDGER_TABLE``, as deployed: its
+DynamoDB calls are counted with the others. Restore latency (healthy again → registered again) is
+measured from outside while a worker runs poller invocations on the production schedule
+(``_restore_latency``).
+
 Results: ``docs/benchmarks.md`` (tables) and ``docs/benchmarks.png`` (pass time and calls vs
 fleet size). Benchmarks measure; the tests assert call counts, which are deterministic.
 """
@@ -27,10 +33,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -41,32 +49,41 @@ from moto.ecs.responses import EC2ContainerServiceResponse
 from moto.server import ThreadedMotoServer
 from moto.servicediscovery.models import servicediscovery_backends
 
-from devtools.aws_emulator import FleetBuilder, aws_like_ecs
+from devtools.aws_emulator import FleetBuilder, SeededService, aws_like_ecs
 from devtools.bench_report import (
     DEFAULT_BUDGET,
     POLL_INTERVAL,
+    RESTORE_SCHEDULE_SECONDS,
     TASKS_PER_SERVICE,
     UNHEALTHY_PER_CLUSTER,
     plot,
     render,
 )
+from devtools.http_targets import Behaviour, LocalHttpTargets, TargetServer, local_http_targets
+from devtools.ledger_table import create_ledger_table
 from devtools.local_lambda import emulator_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 REGION = "us-east-1"
+LEDGER_TABLE = "cloudmap-reactor-ledger"
 FLEETS = (1_000, 5_000, 10_000)
+RESTORE_SAMPLES = 24  # per kind (ECS health, HTTP probes)
+RESTORE_VICTIMS = 6  # tasks of each kind cycling between sick and healthy at once
 
 
 def worker_env(endpoint: str, extra: dict[str, str]) -> dict[str, str]:
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_", "CLUSTER_", "POLL_", "ECS_"))
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "POWERTOOLS_", "CLUSTER_", "POLL_", "ECS_", "LEDGER_", "PROBE_", "HTTP_"))
     }
     env.update(
         {
             **emulator_environment(endpoint),
             "POWERTOOLS_METRICS_NAMESPACE": "CloudMapReactorBench",
             "LOG_LEVEL": "WARNING",
+            "LEDGER_TABLE": LEDGER_TABLE,
             "PYTHONPATH": f"{ROOT / 'functions'}{os.pathsep}{ROOT}",
             **extra,
         }
@@ -77,16 +94,17 @@ def worker_env(endpoint: str, extra: dict[str, str]) -> dict[str, str]:
 @contextmanager
 def fast_ecs_responses() -> Iterator[None]:
     """Answer ListTasks/DescribeTasks from moto's data with a direct JSON encoder (see module doc)."""
-    arn_lists: dict[tuple[str, str], list[str]] = {}
+    # (cluster, desired status) -> (how many tasks the cluster had, the ARNs): listed again when tasks come or go
+    arn_lists: dict[tuple[str, str], tuple[int, list[str]]] = {}
 
     def list_tasks(self: Any) -> str:
         cluster = self.ecs_backend._get_cluster(self._get_param("cluster", "default"))
         desired = self._get_param("desiredStatus") or "RUNNING"
         tasks = self.ecs_backend.tasks.get(cluster.name, {})
         key = (cluster.name, desired)
-        if key not in arn_lists or len(arn_lists[key]) > len(tasks):
-            arn_lists[key] = [arn for arn, t in tasks.items() if t.desired_status == desired]
-        arns = arn_lists[key]
+        if key not in arn_lists or arn_lists[key][0] != len(tasks):
+            arn_lists[key] = (len(tasks), [arn for arn, t in tasks.items() if t.desired_status == desired])
+        arns = arn_lists[key][1]
         start = int(self._get_param("nextToken") or 0)
         size = int(self._get_param("maxResults") or 100)
         body: dict[str, Any] = {"taskArns": arns[start : start + size]}
@@ -218,6 +236,17 @@ class Detection:
     latency_seconds: float | None
 
 
+@dataclass
+class RestoreLatency:
+    """Seconds from "healthy again" to "registered again in Cloud Map", one list per kind of health."""
+
+    fleet_tasks: int
+    victims: int  # per kind, cycling at once
+    samples: dict[str, list[float]]  # "ECS health" | "HTTP probes" -> seconds
+    attributes_changed: int  # returns whose Cloud Map attributes differed from the original ones
+    timeouts: int  # cycles that did not complete within the limit
+
+
 def measure_and_report(args: argparse.Namespace) -> int:
     latency = args.latency_ms / 1000
     port = _free_port()
@@ -230,6 +259,7 @@ def measure_and_report(args: argparse.Namespace) -> int:
             builder = FleetBuilder(
                 boto3.client("ecs", region_name=REGION), boto3.client("servicediscovery", region_name=REGION)
             )
+            create_ledger_table(boto3.client("dynamodb", region_name=REGION), LEDGER_TABLE)
             print("Seeding the emulator …", flush=True)
             started = time.perf_counter()
             fleets = [seed(builder, size) for size in args.fleets]
@@ -247,12 +277,16 @@ def measure_and_report(args: argparse.Namespace) -> int:
             print("Detection latency inside one invocation …", flush=True)
             smallest_and_largest = {fleet.tasks: fleet for fleet in (fleets[0], fleets[-1])}.values()
             detections = [_detection(endpoint, fleet, builder, latency) for fleet in smallest_and_largest]
+            restores = None
+            if args.restore_samples:
+                print(f"Restore latency ({args.restore_samples} samples each, production schedule) …", flush=True)
+                restores = _restore_latency(endpoint, fleets[0], builder, latency, args.restore_samples)
         finally:
             server.stop()
     print("Cold imports …", flush=True)
     imports = import_times(args.runtime_python)
 
-    report = render(args, scans, reactor, detections, imports)
+    report = render(args, scans, reactor, detections, imports, restores=restores)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks.md").write_text(report)
     plot(scans, args.out / "benchmarks.png", args.latency_ms)
@@ -310,6 +344,152 @@ def _detection(endpoint: str, fleet: Fleet, builder: FleetBuilder, latency: floa
     return Detection(fleet_tasks=fleet.tasks, flipped_after_seconds=6.3, latency_seconds=gone_after)
 
 
+def _restore_latency(
+    endpoint: str, fleet: Fleet, builder: FleetBuilder, latency: float, samples: int
+) -> RestoreLatency:
+    """Time from "healthy again" to "registered again", measured from outside, over ``samples`` returns per kind.
+
+    A worker runs poller invocations as deployed: one a minute (``RESTORE_SCHEDULE_SECONDS``) in a
+    warm container, each running a pass every ``POLL_INTERVAL`` s until 10 s before the next, with
+    the default ECS read budget, HTTP probes on and the ledger. Meanwhile ``RESTORE_VICTIMS`` tasks
+    of each kind cycle, each on its own thread (``RestoreCycle``): made sick, seen to leave Cloud
+    Map, made healthy again at a random moment 0-``POLL_INTERVAL`` s later, and timed until Cloud
+    Map lists it again (read straight from the emulator every 20 ms).
+    """
+    cluster = fleet.cluster_arn.rsplit("/", 1)[-1]
+    rng = random.Random(2026)  # noqa: S311 - reproducible timing, not a secret
+    seeded_unhealthy = random.Random(fleet.tasks).sample(fleet.services, UNHEALTHY_PER_CLUSTER)  # noqa: S311 - as seed()
+    # Not the services whose tasks the reactor (the last one) and detection (the middle one) used.
+    used = {*(s.name for s in seeded_unhealthy), fleet.services[-1].name, fleet.services[len(fleet.services) // 2].name}
+    spare = [s for s in fleet.services if s.name not in used]
+    cloudmap = servicediscovery_backends[builder.account_id][REGION]
+    stop = threading.Event()
+    cycles = [
+        RestoreCycle("ECS health", cloudmap, service, service.task_arns[1], stop, rng.random(), builder=builder)
+        for service in rng.sample(spare, RESTORE_VICTIMS)
+    ]
+    with local_http_targets() as http, tempfile.TemporaryFile("w+") as errors:
+        for service, arn, server in _probed_victims(builder, http, cluster, RESTORE_VICTIMS):
+            cycles.append(RestoreCycle("HTTP probes", cloudmap, service, arn, stop, rng.random(), server=server))
+        env = {
+            "CLUSTER_ARNS": fleet.cluster_arn,
+            "POLL_INTERVAL_SECONDS": f"{POLL_INTERVAL:g}",
+            "HTTP_PROBES": "true",
+            "PROBE_FAILURE_THRESHOLD": "1",  # only so that a probed victim leaves within one pass
+        }
+        command = [sys.executable, "-m", "devtools.bench_worker", "schedule", "--latency", str(latency)]
+        command += ["--every", f"{RESTORE_SCHEDULE_SECONDS:g}", "--timeout", f"{RESTORE_SCHEDULE_SECONDS:g}"]
+        worker = subprocess.Popen(
+            command, env=worker_env(endpoint, env), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errors, text=True
+        )
+        try:
+            for cycle in cycles:
+                cycle.wanted = -(-samples // RESTORE_VICTIMS)
+                cycle.thread.start()
+            while any(c.thread.is_alive() for c in cycles) and worker.poll() is None:
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            for cycle in cycles:
+                cycle.thread.join(timeout=30)
+            worker.terminate()  # mid-invocation: the lease it holds expires by itself
+            worker.wait(timeout=30)
+        if worker.returncode not in (0, -15):
+            errors.seek(0)
+            raise RuntimeError(f"schedule worker failed:\n{errors.read()[-3000:]}")
+    by_kind: dict[str, list[float]] = {}
+    for cycle in cycles:
+        by_kind.setdefault(cycle.kind, []).extend(cycle.samples)
+    return RestoreLatency(
+        fleet_tasks=fleet.tasks,
+        victims=RESTORE_VICTIMS,
+        samples=by_kind,
+        attributes_changed=sum(c.attributes_changed for c in cycles),
+        timeouts=sum(c.timeouts for c in cycles),
+    )
+
+
+def _probed_victims(
+    builder: FleetBuilder, http: LocalHttpTargets, cluster: str, count: int
+) -> list[tuple[SeededService, str, TargetServer]]:
+    """``count`` services with an HTTP check, 4 tasks each behind servers on 127.0.0.1; the first task is the victim."""
+    victims = []
+    for index in range(count):
+        name = f"probed-{index}"
+        service = builder.create_service(
+            cluster, name, discovery_names=[f"{name}-{cluster}"], tags={"cloudmap-reactor:http-check": "/healthz"}
+        )
+        servers = [http.add(Behaviour.HEALTHY) for _ in range(4)]
+        arns = builder.start_tasks(service, 4, addresses=[s.address for s in servers])
+        victims.append((service, arns[0], servers[0]))
+    return victims
+
+
+@dataclass
+class RestoreCycle:
+    """One task, again and again: sick → out of Cloud Map → healthy at a random moment → timed until back.
+
+    ``ECS health``: UNHEALTHY, then HEALTHY (it returns at the first pass that reads it). ``HTTP
+    probes``: its server answers 500, then 200 (it returns after ``PROBE_HEALTHY_THRESHOLD`` = 2
+    successful probes, so one pass later).
+    """
+
+    kind: str
+    cloudmap: Any  # moto's Cloud Map backend: read directly, so that watching costs the emulator nothing
+    service: SeededService
+    task_arn: str
+    stop: threading.Event
+    seed: float
+    builder: FleetBuilder | None = None  # ECS health
+    server: TargetServer | None = None  # HTTP probes
+    wanted: int = 0
+    samples: list[float] = field(default_factory=list)
+    attributes_changed: int = 0
+    timeouts: int = 0
+    thread: threading.Thread = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._run, name=f"restore-{self.task_arn[-8:]}", daemon=True)
+
+    def _run(self) -> None:
+        rng = random.Random(self.seed)  # noqa: S311
+        original = dict(self._instance().attributes)
+        try:
+            while not self.stop.is_set() and len(self.samples) < self.wanted:
+                self._set(healthy=False)
+                if not self._wait_until(registered=False) or self.stop.wait(rng.uniform(0, POLL_INTERVAL)):
+                    return
+                self._set(healthy=True)
+                flipped = time.monotonic()
+                if not self._wait_until(registered=True):
+                    return
+                self.samples.append(time.monotonic() - flipped)
+                self.attributes_changed += dict(self._instance().attributes) != original
+        finally:
+            self._set(healthy=True)
+
+    def _set(self, *, healthy: bool) -> None:
+        if self.builder is not None:
+            self.builder.set_health(self.task_arn, "HEALTHY" if healthy else "UNHEALTHY")
+        if self.server is not None:
+            self.server.behaviour = Behaviour.HEALTHY if healthy else Behaviour.FAILING
+
+    def _instance(self) -> Any:
+        sid, instance_id = self.service.cloudmap_service_ids[0], self.task_arn.rsplit("/", 1)[-1]
+        return next((i for i in list(self.cloudmap.services[sid].instances) if i.instance_id == instance_id), None)
+
+    def _wait_until(self, *, registered: bool, limit: float = 150.0) -> bool:
+        until = time.monotonic() + limit
+        while (self._instance() is not None) != registered:
+            if self.stop.is_set():
+                return False
+            if time.monotonic() > until:
+                self.timeouts += 1
+                return False
+            time.sleep(0.02)
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latency-ms", type=float, default=30.0, help="injected latency per AWS call")
@@ -322,6 +502,12 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda text: tuple(int(n) for n in text.split(",")),
         default=FLEETS,
         help="fleet sizes in tasks, comma-separated (default: 1000,5000,10000)",
+    )
+    parser.add_argument(
+        "--restore-samples",
+        type=int,
+        default=RESTORE_SAMPLES,
+        help=f"restore latency samples per kind, on the smallest fleet (default {RESTORE_SAMPLES}; 0 skips it)",
     )
     return measure_and_report(parser.parse_args(argv))
 

@@ -16,12 +16,13 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 if TYPE_CHECKING:
-    from devtools.bench import Detection
+    from devtools.bench import Detection, RestoreLatency
 
 TASKS_PER_SERVICE = 20
 UNHEALTHY_PER_CLUSTER = 3
 POLL_INTERVAL = 10.0
 DEFAULT_BUDGET = "10"
+RESTORE_SCHEDULE_SECONDS = 60.0  # the template's PollSchedule, rate(1 minute)
 
 
 def floor_calls(tasks: int) -> int:
@@ -35,6 +36,8 @@ def render(
     reactor: dict[str, Any],
     detections: list[Detection],
     imports: dict[str, dict[str, float]],
+    *,
+    restores: RestoreLatency | None = None,
 ) -> str:
     lines = [
         "# Benchmarks",
@@ -67,6 +70,7 @@ def render(
             f"| {statistics.mean(p['seconds'] for p in steady):.2f} | {budget_steady['seconds']:.2f} "
             f"| {scan['unlimited']['peak_rss_mb']:.0f} |"
         )
+    lines += _ledger_cost(scans)
     events = reactor["events"]
     warm = events[1:]
     warm_calls = sorted({sum(e["calls"].values()) for e in warm})
@@ -101,6 +105,8 @@ def render(
     for d in detections:
         gone = f"{d.latency_seconds:.2f}" if d.latency_seconds is not None else "not within the invocation"
         lines.append(f"| {d.fleet_tasks:,} | {d.flipped_after_seconds:.1f} | {gone} | {POLL_INTERVAL + 2:g} |")
+    if restores is not None:
+        lines += _restore_latency(restores)
     boto = imports["boto3"]["min"]
     lines += [
         "",
@@ -120,6 +126,89 @@ def render(
         "",
     ]
     return "\n".join(lines)
+
+
+def _ledger_cost(scans: dict[int, dict[str, Any]]) -> list[str]:
+    """DynamoDB calls per pass (the quarantine ledger and the lease), counted like the others."""
+    lines = [
+        "",
+        "## Quarantine ledger: DynamoDB calls per pass",
+        "",
+        "Every pass takes or renews the lease (one conditional `PutItem`) and reads the quarantine records "
+        "(one `Query`, whatever the fleet size: more pages only past 1 MB of records); that is all while "
+        "nothing leaves or returns (`tests/test_ledger_calls.py` asserts it with an empty ledger). Beyond "
+        "those, a task taken out costs one `PutItem` (before its `DeregisterInstance`) and one coming back "
+        "one `DeleteItem` (before its `RegisterInstance`); with HTTP probes on, the probe streaks add one "
+        "`GetItem` at a cold start and one `PutItem` at the end of an invocation that changed them. "
+        "Records quarantined: what the steady passes' `Query` returned (every cluster's records): the tasks "
+        f"seeded UNHEALTHY ({UNHEALTHY_PER_CLUSTER} per cluster) in the clusters benchmarked so far, taken out "
+        "by the first pass over their cluster (hence its extra `PutItem`s). Each call carries the injected "
+        "latency, and both come before the pass reads ECS: they add about two latencies to every pass.",
+        "",
+        "| tasks | first pass DynamoDB calls | steady pass DynamoDB calls | records quarantined (steady) |",
+        "|---:|---|---|---:|",
+    ]
+    for tasks, scan in scans.items():
+        first, *steady = scan["unlimited"]["passes"]
+        lines.append(
+            f"| {tasks:,} | {first.get('dynamodb_calls', 0)}: {_calls(_dynamodb(first))} "
+            f"| {statistics.mean(p.get('dynamodb_calls', 0) for p in steady):g}: {_calls(_dynamodb(steady[-1]))} "
+            f"| {steady[-1].get('quarantined', 0)} |"
+        )
+    return lines
+
+
+def _dynamodb(one_pass: dict[str, Any]) -> dict[str, int]:
+    return {k: v for k, v in one_pass["calls"].items() if k.startswith("dynamodb:")}
+
+
+def _restore_latency(restores: RestoreLatency) -> list[str]:
+    lines = [
+        "",
+        "## Restore latency (healthy again → registered again)",
+        "",
+        f"A worker runs the real poller handler on the production schedule: an invocation every "
+        f"{RESTORE_SCHEDULE_SECONDS:g} s in one warm container, each running a pass every {POLL_INTERVAL:g} s "
+        f"until 10 s before the next (passes at 0, 10, 20, 30 and 40 s of each minute), over the "
+        f"{restores.fleet_tasks:,}-task cluster with the default ECS read budget ({DEFAULT_BUDGET}/s), HTTP probes "
+        f"on and the ledger. {restores.victims} tasks of each kind cycle at once, each on its own: made sick, "
+        f"seen to leave Cloud Map, made healthy again at a random moment 0-{POLL_INTERVAL:g} s later, and timed "
+        "from outside until Cloud Map lists it again (the emulator read every 20 ms). ECS health: UNHEALTHY, then "
+        "HEALTHY (back at the first pass that reads it). HTTP probes: the task's server on 127.0.0.1 answers 500, "
+        "then 200 (back after `PROBE_HEALTHY_THRESHOLD` = 2 successful probes, one pass later; "
+        "`PROBE_FAILURE_THRESHOLD=1` here only so that it leaves within one pass).",
+        "",
+        "| health from | samples | p50 s | p99 s | min s | max s | mean s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, values in restores.samples.items():
+        if not values:
+            lines.append(f"| {kind} | 0 | n/a | n/a | n/a | n/a | n/a |")
+            continue
+        lines.append(
+            f"| {kind} | {len(values)} | {percentile(values, 50):.2f} | {percentile(values, 99):.2f} "
+            f"| {min(values):.2f} | {max(values):.2f} | {statistics.mean(values):.2f} |"
+        )
+    lines += [
+        "",
+        f"Returns whose Cloud Map attributes differed from the original ones: {restores.attributes_changed}; "
+        f"cycles that timed out: {restores.timeouts}. A flip lands at a random point of the pass cycle, so the "
+        f"wait for the next pass is up to {POLL_INTERVAL:g} s, or up to 20 s when it falls in the gap between the "
+        "last pass of an invocation and the first of the next; a return then costs the pass that reads it "
+        "(plus one more pass for probes). Returns that land in the same pass are registered one after another "
+        "(a `DeleteItem`, a `RegisterInstance` and its `GetOperation` each, about 0.1 s at this latency). "
+        "p99 of a couple of dozen samples is close to their maximum.",
+    ]
+    return lines
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * pct / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def _calls(calls: dict[str, int]) -> str:

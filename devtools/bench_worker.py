@@ -1,8 +1,8 @@
 """The measured side of `make bench`: runs in its own process, reaches the emulator over HTTP.
 
-``python -m devtools.bench_worker pass|reactor|poll …`` prints one JSON line. The environment
-(``AWS_ENDPOINT_URL``, ``CLUSTER_ARNS``, …) is set by ``devtools.bench`` before this process
-starts, as Lambda sets it before a cold start.
+``python -m devtools.bench_worker pass|reactor|poll|schedule …`` prints one JSON line. The
+environment (``AWS_ENDPOINT_URL``, ``CLUSTER_ARNS``, ``LEDGER_TABLE``, …) is set by
+``devtools.bench`` before this process starts, as Lambda sets it before a cold start.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudmap_reactor import wiring
-from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client
+from cloudmap_reactor.adapters.clients import cloudmap_client, dynamodb_client, ecs_client
 from cloudmap_reactor.handlers import health_poller, task_state_change
 from devtools.local_lambda import FakeLambdaContext
 
@@ -43,30 +43,42 @@ class CallMeter:
     def _wait(self, **_: Any) -> None:
         time.sleep(self.latency)
 
+    def attach_all(self) -> None:
+        """ECS, Cloud Map and DynamoDB (the quarantine ledger): every client the functions use."""
+        for client in (ecs_client(), cloudmap_client(), dynamodb_client()):
+            self.attach(client)
+
+    def total(self, service: str) -> int:
+        return sum(v for k, v in self.counts.items() if k.startswith(f"{service}:"))
+
 
 def worker_pass(args: argparse.Namespace) -> dict[str, Any]:
     """First pass and steady-state passes of one cluster, through the poller's own scanner."""
     meter = CallMeter(args.latency, Counter())
-    meter.attach(ecs_client())
-    meter.attach(cloudmap_client())
+    meter.attach_all()
     scanner = wiring.poller_deps().new_scanner(owner="bench")
     passes = []
-    for _ in range(args.passes):
-        meter.counts.clear()
-        started = time.perf_counter()
-        result = scanner.run_pass(deadline=time.monotonic() + 600)
-        passes.append(
-            {
-                "seconds": time.perf_counter() - started,
-                "ecs_calls": sum(v for k, v in meter.counts.items() if k.startswith("ecs:")),
-                "cloudmap_calls": sum(v for k, v in meter.counts.items() if k.startswith("servicediscovery:")),
-                "calls": dict(meter.counts),
-                "tasks": result.tasks_examined,
-                "services": result.services_with_cloudmap,
-                "unhealthy": len(result.unhealthy),
-                "complete": result.complete,
-            }
-        )
+    try:
+        for _ in range(args.passes):
+            meter.counts.clear()
+            started = time.perf_counter()
+            result = scanner.run_pass(deadline=time.monotonic() + 600)
+            passes.append(
+                {
+                    "seconds": time.perf_counter() - started,
+                    "ecs_calls": meter.total("ecs"),
+                    "cloudmap_calls": meter.total("servicediscovery"),
+                    "dynamodb_calls": meter.total("dynamodb"),
+                    "calls": dict(meter.counts),
+                    "tasks": result.tasks_examined,
+                    "services": result.services_with_cloudmap,
+                    "unhealthy": len(result.unhealthy),
+                    "quarantined": len(result.quarantined),
+                    "complete": result.complete,
+                }
+            )
+    finally:
+        scanner.release_lease()  # as an invocation's end does: the next worker acts at once
     return {"passes": passes, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -81,8 +93,7 @@ def peak_rss_mb() -> float:
 def worker_reactor(args: argparse.Namespace) -> dict[str, Any]:
     """Stop events for tasks of one service: the cold first event, then the warm ones."""
     meter = CallMeter(args.latency, Counter())
-    meter.attach(ecs_client())
-    meter.attach(cloudmap_client())
+    meter.attach_all()
     template = json.loads((ROOT / "events" / "task-stopping.json").read_text())
     results = []
     for task_arn in args.tasks:
@@ -99,26 +110,49 @@ def worker_reactor(args: argparse.Namespace) -> dict[str, Any]:
 
 def worker_poll(args: argparse.Namespace) -> dict[str, Any]:
     """One real poller invocation (window and interval from the environment)."""
+    CallMeter(args.latency, Counter()).attach_all()
     context = FakeLambdaContext(remaining_ms=int(args.timeout * 1000))
     started = time.time()
     result = health_poller.lambda_handler(json.loads((ROOT / "events" / "scheduled-poll.json").read_text()), context)
     return {"started": started, "ended": time.time(), "result": result}
 
 
+def worker_schedule(args: argparse.Namespace) -> dict[str, Any]:
+    """Poller invocations as the schedule starts them: one every ``--every`` s in one warm container.
+
+    Each is the real handler with ``--timeout`` s to run (its window and interval come from the
+    environment, as deployed: passes every POLL_INTERVAL_SECONDS until 10 s before the next one).
+    Runs ``--invocations`` of them, or until the bench stops the process.
+    """
+    meter = CallMeter(args.latency, Counter())
+    meter.attach_all()
+    event = json.loads((ROOT / "events" / "scheduled-poll.json").read_text())
+    began = time.monotonic()
+    results = []
+    for number in range(args.invocations):
+        time.sleep(max(0.0, began + number * args.every - time.monotonic()))
+        context = FakeLambdaContext(remaining_ms=int(args.timeout * 1000), aws_request_id=f"bench-schedule-{number}")
+        results.append(health_poller.lambda_handler(event, context))
+    return {"invocations": results, "calls": dict(meter.counts)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["pass", "reactor", "poll"])
+    parser.add_argument("mode", choices=["pass", "reactor", "poll", "schedule"])
     parser.add_argument("--latency", type=float, default=0.03, help="seconds added before each AWS call")
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--cluster", default="")
     parser.add_argument("--service", default="")
     parser.add_argument("--tasks", nargs="*", default=[])
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--every", type=float, default=60.0, help="schedule: seconds from one invocation to the next")
+    parser.add_argument("--invocations", type=int, default=1_000, help="schedule: how many invocations at most")
     args = parser.parse_args(argv)
     modes: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
         "pass": worker_pass,
         "reactor": worker_reactor,
         "poll": worker_poll,
+        "schedule": worker_schedule,
     }
     print(json.dumps(modes[args.mode](args)))
     return 0

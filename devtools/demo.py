@@ -2,14 +2,17 @@
 
 No AWS account is needed. A moto server (the local AWS emulator) listens on 127.0.0.1; the
 handlers reach it through ``AWS_ENDPOINT_URL`` exactly as they would reach AWS. The fleet is
-seeded through the AWS APIs; ``devtools.aws_emulator`` fills in what only ECS can set.
+seeded through the AWS APIs; ``devtools.aws_emulator`` fills in what only ECS can set. The
+quarantine ledger is the template's ``LedgerTable``, created in the emulator
+(``devtools.ledger_table``) and passed to the handlers as ``LEDGER_TABLE``.
+
+First the reactor gets the files in ``events/``; then three poller invocations show tasks taken
+out for their health and registered again when they recover (``devtools.demo_quarantine``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
 import os
@@ -17,7 +20,6 @@ import socket
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,13 +28,16 @@ import boto3
 from moto.server import ThreadedMotoServer
 
 from devtools.aws_emulator import FleetBuilder, aws_like_ecs
-from devtools.http_targets import Behaviour, LocalHttpTargets, local_http_targets
+from devtools.demo_capture import captured, emf_metrics
+from devtools.demo_quarantine import QuarantineCast, run_quarantine_scenario, seed_quarantine_cast
+from devtools.http_targets import LocalHttpTargets, local_http_targets
+from devtools.ledger_table import create_ledger_table
 from devtools.local_lambda import FakeLambdaContext, emulator_environment
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 REGION = "us-east-1"
-# One poller invocation of three passes, a second apart (10 s in production), with HTTP probes on
-# (as when the poller runs in the tasks' VPC): the failing /healthz reaches the threshold of 3.
+# Poller invocations of three passes, a second apart (10 s in production), with HTTP probes on
+# (as when the poller runs in the tasks' VPC): a failing /healthz reaches the threshold of 3 in one.
 POLLER_ENV = {"POLL_INTERVAL_SECONDS": "1", "POLL_WINDOW_SECONDS": "2.5", "HTTP_PROBES": "true"}
 
 
@@ -61,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with aws_like_ecs(), local_http_targets() as http:
             print(f"Local AWS emulator (moto server) listening on {endpoint}\n")
+            os.environ["LEDGER_TABLE"] = create_ledger_table(boto3.client("dynamodb"))
             fleet = FleetBuilder(boto3.client("ecs"), boto3.client("servicediscovery"), region=REGION)
             seeded = _seed(fleet, http)
             before = _snapshot(fleet, seeded)
@@ -68,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.serve:
                 _serve_until_interrupted(endpoint)  # what sam local invoke changed is shown below
             else:
-                _replay(seeded, verbose=args.verbose)
+                _replay(verbose=args.verbose)
+                run_quarantine_scenario(seeded.cast, fleet, verbose=args.verbose)
             after = _snapshot(fleet, seeded)
             _print_registrations("Cloud Map after", after, seeded, before=before)
     finally:
@@ -77,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve_until_interrupted(endpoint: str) -> None:
-    print(f"Serving the seeded emulator on {endpoint}; replay events with sam local invoke. Ctrl-C to stop.")
+    print(
+        f"Serving the seeded emulator on {endpoint} (ledger table {os.environ['LEDGER_TABLE']}); "
+        "replay events with sam local invoke. Ctrl-C to stop."
+    )
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
@@ -88,12 +98,18 @@ def _serve_until_interrupted(endpoint: str) -> None:
 class Seeded:
     cloudmap_names: dict[str, str]  # Cloud Map service id -> "ecs-service / discovery name"
     task_notes: dict[str, str]  # task id -> what the demo did to it
+    cast: QuarantineCast  # payments and catalog: the poller's part
+
+    def note(self, instance_id: str) -> str:
+        member = next((m for m in self.cast.members if m.instance_id == instance_id), None)
+        return f"{member.label}: {member.state()}" if member else self.task_notes.get(instance_id, "")
 
 
 def _seed(fleet: FleetBuilder, http: LocalHttpTargets) -> Seeded:
-    """Cluster ``prod``: orders (2 discovery names, mid rolling update), payments, worker (no Service Connect).
+    """Cluster ``prod``: orders (2 discovery names, mid rolling update), worker (no Service Connect).
 
-    And catalog: no container health check, tagged for HTTP probes; its tasks are HTTP servers on 127.0.0.1.
+    And the quarantine's cast (``seed_quarantine_cast``): payments (ECS health checks) and catalog
+    (no container health check, tagged for HTTP probes; its tasks are HTTP servers on 127.0.0.1).
     """
     stopping = _task_id("task-stopping.json")
     stopping_old = _task_id("task-stopping-old-deployment.json")
@@ -103,45 +119,29 @@ def _seed(fleet: FleetBuilder, http: LocalHttpTargets) -> Seeded:
     old_names = dict(zip(orders.cloudmap_service_ids, ["orders", "orders-grpc"], strict=True))
     new_ids = fleet.start_rolling_update(orders, discovery_names=["orders-v2"])
     fleet.start_tasks(orders, 1, register_in=new_ids)
-    payments = fleet.create_service("prod", "payments", discovery_names=["payments"])
-    healthy, sick, unknown = fleet.start_tasks(payments, 3)
-    fleet.set_health(healthy, "HEALTHY")
-    fleet.set_health(sick, "UNHEALTHY")
-    fleet.set_health(unknown, "UNKNOWN")
     worker = fleet.create_service("prod", "worker")
     fleet.set_health(fleet.start_tasks(worker, 1)[0], "UNHEALTHY")
-    catalog = fleet.create_service(
-        "prod", "catalog", discovery_names=["catalog"], tags={"cloudmap-reactor:http-check": "/healthz"}
-    )
-    servers = [http.add(Behaviour.HEALTHY), http.add(Behaviour.HEALTHY), http.add(Behaviour.FAILING)]
-    catalog_ok, catalog_ok2, catalog_bad = fleet.start_tasks(catalog, 3, addresses=[s.address for s in servers])
+    cast = seed_quarantine_cast(fleet, http, "prod")
     fleet.begin_stopping(orders.task_arns[0], "Task failed container health checks")
     fleet.begin_stopping(orders.task_arns[1])
 
     names = {sid: f"orders / {name}" for sid, name in old_names.items()}
     names[new_ids[0]] = "orders / orders-v2 (new deployment)"
-    names[payments.cloudmap_service_ids[0]] = "payments / payments"
-    names[catalog.cloudmap_service_ids[0]] = "catalog / catalog (cloudmap-reactor:http-check=/healthz)"
-    address = "http://{}:{}/healthz".format
+    for title, service in cast.services.items():
+        names[service.cloudmap_service_ids[0]] = title
     notes = {
         stopping: "stopping (events/task-stopping.json)",
         stopping_old: "stopping, older deployment (events/task-stopping-old-deployment.json)",
-        _short(sick): "UNHEALTHY, running",
-        _short(unknown): "UNKNOWN health (no health check)",
-        _short(healthy): "HEALTHY",
-        **{
-            _short(arn): f"UNKNOWN health; {address(*server.address)} answers {answer}"
-            for arn, server, answer in zip(
-                (catalog_ok, catalog_ok2, catalog_bad), servers, ("200", "200", "500"), strict=True
-            )
-        },
+        _short(orders.task_arns[2]): "running, older deployment",
+        _short(orders.task_arns[3]): "running, new deployment",
     }
-    return Seeded(cloudmap_names=names, task_notes=notes)
+    return Seeded(cloudmap_names=names, task_notes=notes, cast=cast)
 
 
-def _replay(seeded: Seeded, *, verbose: bool) -> None:
+def _replay(*, verbose: bool) -> None:
+    """The reactor: every file in events/ it handles, and a malformed event."""
     # Imported only now, as Lambda would: Powertools reads its environment when the handlers load.
-    from cloudmap_reactor.handlers import health_poller, task_state_change  # noqa: PLC0415
+    from cloudmap_reactor.handlers import task_state_change  # noqa: PLC0415
 
     invalid = json.loads((EVENTS / "task-stopping.json").read_text())
     invalid["detail"]["taskArn"] = "not-an-arn"
@@ -164,15 +164,10 @@ def _replay(seeded: Seeded, *, verbose: bool) -> None:
             _event("standalone-task-stopping.json"),
         ),
         ("a malformed event (taskArn 'not-an-arn')", task_state_change.lambda_handler, invalid),
-        (
-            "events/scheduled-poll.json (one poller invocation: 3 passes, 1 s apart, HTTP probes on)",
-            health_poller.lambda_handler,
-            _event("scheduled-poll.json"),
-        ),
     ]
     for title, handler, event in steps:
         print(f"▶ {title}")
-        with _captured() as (logs, stdout):
+        with captured() as (logs, stdout):
             result = handler(event, FakeLambdaContext(function_name=handler.__module__.rsplit(".", 1)[-1]))
         print(f"  result: {json.dumps(_brief(result))}")
         for record in logs:
@@ -184,7 +179,7 @@ def _replay(seeded: Seeded, *, verbose: bool) -> None:
             print(f"  log {record['level']:<7} {record['message']}" + (f" ({extra})" if extra else ""))
             if verbose:
                 print("    " + json.dumps(record))
-        for name, dims, value in _metrics(stdout.getvalue()):
+        for name, dims, value in emf_metrics(stdout.getvalue()):
             print(f"  metric {name}{dims} = {value:g}")
         print()
 
@@ -192,39 +187,6 @@ def _replay(seeded: Seeded, *, verbose: bool) -> None:
 def _brief(result: dict[str, Any]) -> dict[str, Any]:
     wanted = ("status", "outcomes", "passes", "unhealthy_found", "deregistrations")
     return {k: v for k, v in result.items() if k in wanted}
-
-
-@contextlib.contextmanager
-def _captured() -> Iterator[tuple[list[dict[str, Any]], io.StringIO]]:
-    """Collect the handler's JSON log records and its EMF metric lines instead of printing them."""
-    logs_stream, stdout = io.StringIO(), io.StringIO()
-    handlers = logging.getLogger("cloudmap-reactor").handlers
-    streams = [h.setStream(logs_stream) for h in handlers if isinstance(h, logging.StreamHandler)]
-    logs: list[dict[str, Any]] = []
-    try:
-        with contextlib.redirect_stdout(stdout):
-            yield logs, stdout
-    finally:
-        for handler, stream in zip(handlers, streams, strict=False):
-            if stream is not None and isinstance(handler, logging.StreamHandler):
-                handler.setStream(stream)
-        logs.extend(json.loads(line) for line in logs_stream.getvalue().splitlines() if line.startswith("{"))
-
-
-def _metrics(printed: str) -> list[tuple[str, dict[str, str], float]]:
-    found = []
-    for line in printed.splitlines():
-        if not line.startswith("{"):
-            continue
-        record = json.loads(line)
-        meta = record.get("_aws", {}).get("CloudWatchMetrics", [{}])[0]
-        dims = {d: record[d] for d in meta.get("Dimensions", [[]])[0] if d != "service"}
-        for metric in meta.get("Metrics", []):
-            value = record[metric["Name"]]
-            if isinstance(value, list) and metric.get("Unit") == "Milliseconds":
-                value = max(value)  # one value per probe: show the slowest
-            found.append((metric["Name"], dims, sum(value) if isinstance(value, list) else value))
-    return found
 
 
 def _snapshot(fleet: FleetBuilder, seeded: Seeded) -> dict[str, set[str]]:
@@ -237,11 +199,11 @@ def _print_registrations(
     print(f"── {title} " + "─" * (60 - len(title)))
     for sid, name in seeded.cloudmap_names.items():
         print(f"  {name}  [{sid}]")
-        shown = sorted(state[sid] | (before or {}).get(sid, set()))
+        shown = sorted(state[sid] | (before or {}).get(sid, set()), key=lambda i: (seeded.cast.label(i), i))
         for instance in shown:
             gone = instance not in state[sid]
             mark = "  ✗ removed   " if gone else "  ✓ registered"
-            note = seeded.task_notes.get(instance, "")
+            note = seeded.note(instance)
             print(f"    {mark} {instance}  {note}")
     print()
 
