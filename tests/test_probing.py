@@ -153,6 +153,22 @@ def test_failing_and_least_recently_probed_instances_are_probed_first() -> None:
 def test_an_instance_no_longer_probed_is_forgotten() -> None:
     counter = ProbeHistory()
     counter.record([result("a", ProbeVerdict.FAILED)], still_probed=[("srv-a", "a")])
-    counter.record([], still_probed=[])  # its task left, or it was deregistered
+    counter.record([], still_probed=[("srv-a", "b")])  # its task left; the service is still probed
     counter.record([result("a", ProbeVerdict.FAILED)], still_probed=[("srv-a", "a")])
     assert over(counter, 2) == set()
+
+
+def test_a_cloudmap_service_not_probed_in_a_round_keeps_its_streaks() -> None:
+    """A cluster skipped for a pass must not make its long-ready instances look never ready."""
+    history = ProbeHistory()
+    history.record([result("a", ProbeVerdict.HEALTHY)], still_probed=[("srv-a", "a")])
+    history.record([], still_probed=[])  # srv-a's cluster could not be read this pass
+    assert history.streaks()[("srv-a", "a")].passed
+
+
+def test_after_a_failed_load_instances_first_seen_are_taken_as_ready() -> None:
+    history = ProbeHistory(assume_ready=True)
+    history.record([result("a", ProbeVerdict.FAILED)], still_probed=[("srv-a", "a")])
+    history.record([result("b", ProbeVerdict.FAILED)], still_probed=[("srv-a", "a"), ("srv-a", "b")])
+    assert history.streaks()[("srv-a", "a")].passed  # threshold, not readiness, for what already ran
+    assert not history.streaks()[("srv-a", "b")].passed  # a task started since: readiness applies

@@ -48,8 +48,10 @@ def install(mocker: Any) -> VirtualTime:
         """Waits on the virtual clock: time moves on by the timeout, at once."""
 
         def wait(self, timeout: float | None = None) -> bool:
-            virtual.bucket_waits.append(timeout or 0.0)
-            virtual.advance(timeout or 0.0)
+            # At least a millisecond: with two threads on one bucket a zero wait could spin for ever.
+            waited = max(timeout or 0.0, 0.001)
+            virtual.bucket_waits.append(waited)
+            virtual.advance(waited)
             return True
 
     mocker.patch("cloudmap_reactor.adapters.deadline.clock", virtual.clock)
