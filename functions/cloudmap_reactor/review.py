@@ -37,7 +37,7 @@ from cloudmap_reactor.core.decisions import (
 from cloudmap_reactor.core.diagnosis import Diagnosis, diagnose_cluster
 from cloudmap_reactor.core.ports import AwsCallFailed, QuarantineLedger
 from cloudmap_reactor.poller.memory import InvocationMemory
-from cloudmap_reactor.poller.reading import ClusterSkipped, PassReader
+from cloudmap_reactor.poller.reading import ClusterSkipped, PassReader, ServiceReadFailure
 from cloudmap_reactor.poller.scanner import ALL_CLUSTERS, HealthPassResult, HealthScanner
 
 READ_SECONDS = 300.0  # a CLI run waits for slow clusters longer than a pass would
@@ -115,6 +115,9 @@ def plan_report(result: HealthPassResult, ledger_table: str | None = None) -> di
         "clusters_not_scanned": [
             {"cluster": s.cluster_arn, "reason": s.reason, "error": s.error} for s in result.skipped_clusters
         ],
+        "read_failures": [
+            {"cluster": f.cluster_arn, "service": f.service_name, "error": f.error} for f in result.read_failures
+        ],
     }
 
 
@@ -140,6 +143,7 @@ def _quarantine_actions(
 class DoctorReport:
     diagnosis: Diagnosis = field(default_factory=Diagnosis)
     skipped: list[ClusterSkipped] = field(default_factory=list)
+    read_failures: list[ServiceReadFailure] = field(default_factory=list)  # parts of clusters not read
     ledger_read: bool = False  # the quarantine ledger was given and could be read
     ledger_records: int = 0
     ledger_unreadable: int = 0  # stored items that are not records
@@ -174,6 +178,7 @@ def doctor(
         if isinstance(read, ClusterSkipped):
             report.skipped.append(read)
             continue
+        report.read_failures.extend(read.failures)
         read.fresh.update(read.instances)  # nothing acts on it: every listing is as fresh as it gets
         quarantined = tuple(r for r in records if r.cluster_arn == read.cluster_arn)
         snapshot = scanner.snapshot(read, {}, quarantined, now)
