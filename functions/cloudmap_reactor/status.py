@@ -157,7 +157,7 @@ def _alarms(status: Status, cloudformation: Any, cloudwatch: Any, stack_name: st
 
 def _last_heartbeat(cloudwatch: Any, alarm: Mapping[str, Any], now: float) -> str | None:
     """The last minute of the lookback in which a scan completed, on the alarm's own metric and dimensions."""
-    end = datetime.fromtimestamp(now, UTC)
+    end = datetime.fromtimestamp(now, UTC) + timedelta(minutes=1)  # the current minute, whole
     points = cloudwatch.get_metric_statistics(
         Namespace=alarm["Namespace"],
         MetricName=alarm["MetricName"],
