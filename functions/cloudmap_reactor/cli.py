@@ -119,6 +119,8 @@ def describe_stack(cloudformation: Any, name: str) -> dict[str, Any]:
     try:
         stack: dict[str, Any] = cloudformation.describe_stacks(StackName=name)["Stacks"][0]
     except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ValidationError":  # CloudFormation's "does not exist"
+            raise
         region = cloudformation.meta.region_name
         raise CommandError(f"stack {name} not found in {region} (wrong region or account?): {exc}") from exc
     return stack
