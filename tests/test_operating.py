@@ -370,13 +370,18 @@ def test_status_needs_a_stack(aws: FleetBuilder, capsys: pytest.CaptureFixture[s
 
 # -- undo ----------------------------------------------------------------------------------------
 def test_undo_is_a_dry_run_by_default_and_changes_nothing(
-    aws: FleetBuilder, quarantined: tuple[SeededService, dict[str, str]], capsys: pytest.CaptureFixture[str]
+    aws: FleetBuilder,
+    quarantined: tuple[SeededService, dict[str, str]],
+    capsys: pytest.CaptureFixture[str],
+    mocker: Any,
 ) -> None:
     orders, written = quarantined
     sid, sick = orders.cloudmap_service_ids[0], task_id(orders.task_arns[0])
     before = (aws.instance_ids(sid), records())
+    calls = mocker.spy(BaseClient, "_make_api_call")
 
     code, out, err = run(capsys, "undo", "--ledger-table", ledger_table(), "--since", "30m", "--json")
+    assert all(call.args[1].startswith(READS) for call in calls.call_args_list)
 
     assert code == 0
     report = json.loads(out)

@@ -78,10 +78,7 @@ def plan_report(result: HealthPassResult, ledger_table: str | None = None) -> di
             "read": ledger_table is not None and all(s.cluster_arn != ALL_CLUSTERS for s in result.skipped_clusters),
             "unreadable_items": result.ledger_unreadable,
         },
-        "quarantined": [
-            {**_record(r), "rule": r.rule.value, "quarantined_seconds": round(max(0.0, result.now - r.since))}
-            for r in sorted(result.quarantined, key=lambda r: (r.cluster_arn, r.service_name, r.key))
-        ],
+        "quarantined": quarantine_entries(result.quarantined, result.now),
         "restore": _quarantine_actions(planned, Restore),
         "forget": _quarantine_actions(planned, Forget),
         "replace": _quarantine_actions(planned, StopTask),
@@ -119,6 +116,14 @@ def plan_report(result: HealthPassResult, ledger_table: str | None = None) -> di
             {"cluster": f.cluster_arn, "service": f.service_name, "error": f.error} for f in result.read_failures
         ],
     }
+
+
+def quarantine_entries(records: Iterable[QuarantineRecord], now: float) -> list[dict[str, Any]]:
+    """The quarantined instances as ``plan`` and ``status`` show them: each record's fields, how long."""
+    return [
+        {**_record(r), "rule": r.rule.value, "quarantined_seconds": round(max(0.0, now - r.since))}
+        for r in sorted(records, key=lambda r: (r.cluster_arn, r.service_name, r.key))
+    ]
 
 
 def _record(record: QuarantineRecord) -> dict[str, str]:

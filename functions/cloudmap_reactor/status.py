@@ -17,6 +17,7 @@ from typing import Any
 
 from cloudmap_reactor.context import stack_outputs, stack_parameters
 from cloudmap_reactor.core.ports import QuarantineLedger
+from cloudmap_reactor.review import quarantine_entries
 
 SWITCHES = ("Enabled", "DryRun")  # the parameters an operator flips (Enabled: when the template has it)
 HEARTBEAT_METRIC = "HealthScanCompleted"
@@ -115,18 +116,7 @@ def gather(
 
 def _quarantined(status: Status, ledger: QuarantineLedger, now: float) -> None:
     records, _ = ledger.quarantined()
-    status.quarantined = [
-        {
-            "cluster": r.cluster_arn,
-            "service": r.service_name,
-            "instance_id": r.instance_id,
-            "cloudmap_service_id": r.cloudmap_service_id,
-            "reason": r.reason.value,
-            "rule": r.rule.value,
-            "quarantined_seconds": round(max(0.0, now - r.since)),
-        }
-        for r in sorted(records, key=lambda r: r.since)
-    ]
+    status.quarantined = quarantine_entries(records, now)
 
 
 def _dead_letters(status: Status, sqs: Any, queue_url: str) -> None:
