@@ -350,6 +350,7 @@ def test_status_sums_up_a_deployed_stack_in_read_only_calls(
     assert report["dead_letter_messages"] == 1
     assert report["alarms"] == {f"{STACK}-errors": "ALARM", f"{STACK}-heartbeat": "OK"}
     assert report["alarms_in_alarm"] == [{"name": f"{STACK}-errors", "reason": "2 errors in 5 minutes"}]
+    assert report["heartbeat_watched"] is True
     assert report["last_heartbeat"] is not None
     assert report["problems"] == []
 

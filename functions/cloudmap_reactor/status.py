@@ -37,6 +37,7 @@ class Status:
     alarms: dict[str, str] | None = None  # alarm name -> state
     alarm_reasons: dict[str, str] = field(default_factory=dict)  # of those in ALARM
     last_heartbeat: str | None = None  # ISO time of the last minute with a completed scan
+    heartbeat_known: bool = False  # the stack has an alarm on the heartbeat metric (so it was looked up)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -55,6 +56,7 @@ class Status:
             "dead_letter_messages": self.dead_letters,
             "alarms": self.alarms,
             "alarms_in_alarm": [{"name": n, "reason": self.alarm_reasons.get(n, "")} for n in self.in_alarm],
+            "heartbeat_watched": self.heartbeat_known,  # false: no alarm on the heartbeat, not looked up
             "last_heartbeat": self.last_heartbeat,
             "problems": self.problems,
         }
@@ -77,8 +79,11 @@ class Status:
         if self.alarms is not None:
             lines.append(f"alarms       {len(self.in_alarm)} of {len(self.alarms)} in ALARM")
             lines += [f"  ALARM {name}: {self.alarm_reasons.get(name, '')}" for name in self.in_alarm]
-        if self.alarms is not None or self.last_heartbeat:
-            lines.append(f"heartbeat    {self.last_heartbeat or f'no completed scan in the last {HEARTBEAT_LOOKBACK}'}")
+        if self.heartbeat_known:
+            minutes = int(HEARTBEAT_LOOKBACK.total_seconds() // 60)
+            lines.append(f"heartbeat    {self.last_heartbeat or f'no completed scan in the last {minutes} minutes'}")
+        elif self.alarms is not None:
+            lines.append(f"heartbeat    unknown: no alarm of the stack watches {HEARTBEAT_METRIC}")
         lines += [f"could not read {problem}" for problem in self.problems]
         return lines
 
@@ -140,18 +145,26 @@ def _alarms(status: Status, cloudformation: Any, cloudwatch: Any, stack_name: st
     ]
     status.alarms = {a["AlarmName"]: a["StateValue"] for a in alarms}
     status.alarm_reasons = {a["AlarmName"]: a.get("StateReason", "") for a in alarms if a["StateValue"] == "ALARM"}
-    heartbeat = next((a for a in alarms if a.get("MetricName") == HEARTBEAT_METRIC), None)
-    if heartbeat is not None:
-        status.last_heartbeat = _last_heartbeat(cloudwatch, heartbeat, now)
+    metric = next((m for a in alarms for m in _metrics(a) if m.get("MetricName") == HEARTBEAT_METRIC), None)
+    status.heartbeat_known = metric is not None
+    if metric is not None:
+        status.last_heartbeat = _last_heartbeat(cloudwatch, metric, now)
 
 
-def _last_heartbeat(cloudwatch: Any, alarm: Mapping[str, Any], now: float) -> str | None:
-    """The last minute of the lookback in which a scan completed, on the alarm's own metric and dimensions."""
+def _metrics(alarm: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The metrics an alarm watches: its own, or those of its metric-math query."""
+    if alarm.get("MetricName"):
+        return [alarm]
+    return [q["MetricStat"]["Metric"] for q in alarm.get("Metrics", []) if "MetricStat" in q]
+
+
+def _last_heartbeat(cloudwatch: Any, metric: Mapping[str, Any], now: float) -> str | None:
+    """The last minute of the lookback in which a scan completed, on the heartbeat alarm's metric and dimensions."""
     end = datetime.fromtimestamp(now, UTC) + timedelta(minutes=1)  # the current minute, whole
     points = cloudwatch.get_metric_statistics(
-        Namespace=alarm["Namespace"],
-        MetricName=alarm["MetricName"],
-        Dimensions=alarm.get("Dimensions", []),
+        Namespace=metric["Namespace"],
+        MetricName=metric["MetricName"],
+        Dimensions=metric.get("Dimensions", []),
         StartTime=end - HEARTBEAT_LOOKBACK,
         EndTime=end,
         Period=60,
