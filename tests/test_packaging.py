@@ -196,3 +196,20 @@ def test_pip_installed_command_runs_on_the_declared_dependencies_alone(
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(expected)
     assert not result.stderr
+
+
+def test_pip_installed_command_runs_a_command_until_it_needs_aws(command: tuple[str, dict[str, str], Path]) -> None:
+    """Past the imports: parsing, the region, the session and the clients, to the first call (no credentials)."""
+    script, env, cwd = command
+    isolated = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+    isolated.update(
+        AWS_CONFIG_FILE=str(cwd / "none"),
+        AWS_SHARED_CREDENTIALS_FILE=str(cwd / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    result = run((script, isolated, cwd), "doctor", "--region", "eu-west-1")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == "cloudmap-reactor doctor: Unable to locate credentials\n"
+    result = run((script, isolated, cwd), "status", "--stack", "x")
+    assert result.returncode == 2
+    assert "no AWS region: give --region, or set AWS_REGION or AWS_DEFAULT_REGION" in result.stderr
