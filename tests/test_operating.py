@@ -390,7 +390,7 @@ def test_undo_is_a_dry_run_by_default_and_changes_nothing(
     [entry] = report["instances"]
     assert (entry["outcome"], entry["instance_id"], entry["cloudmap_service_id"]) == ("would-restore", sick, sid)
     assert entry["attributes"] == written
-    assert "cannot tell whether the functions are disabled" in err
+    assert "cannot tell whether the functions are stopped" in err
     _, out, _ = run(capsys, "undo", "--ledger-table", ledger_table(), "--since", "30m")
     assert f"would register again {sick} in {sid} (orders, taken out " in out
     assert "dry run: nothing was registered or deleted (--apply to act)" in out

@@ -594,18 +594,7 @@ def _undo(args: argparse.Namespace) -> int:
     table = args.ledger_table or stack_outputs(context.stack).get(LEDGER_TABLE_OUTPUT, "")
     if not table:
         raise CommandError("no quarantine ledger: give --stack (its LedgerTableName output) or --ledger-table")
-    parameters = stack_parameters(context.stack)
-    if context.stack is None:
-        context.warn(
-            "no --stack: cannot tell whether the functions are disabled; if they run, the poller may "
-            "take the instances out again while they are unhealthy"
-        )
-    elif parameters.get(ENABLED_PARAMETER, "true") != "false":
-        context.warn(
-            f"the stack's functions are not disabled ({ENABLED_PARAMETER}="
-            f"{parameters.get(ENABLED_PARAMETER, 'absent')}): the poller may take the instances out "
-            "again while they are unhealthy; set Enabled=false first"
-        )
+    _warn_unless_stopped(context)
     ledger = DynamoDbLedger(clients.dynamodb, table)
     ecs = EcsReader(clients.ecs)
     registrar = CloudMapDeregistrar(clients.cloudmap)
@@ -617,6 +606,24 @@ def _undo(args: argparse.Namespace) -> int:
         context.warn(f"{report.unreadable} ledger item(s) are not quarantine records: never acted on")
     _emit(args, context, report.as_json(), [*(e.line() for e in report.entries), report.summary()])
     return 1 if report.count(undo.Outcome.FAILED) else 0
+
+
+def _warn_unless_stopped(context: Context) -> None:
+    """``undo`` is only lasting while the functions do nothing: say so unless the stack is switched off."""
+    parameters = stack_parameters(context.stack)
+    again = "the poller may take the instances out again while they are unhealthy"
+    if context.stack is None:
+        context.warn(f"no --stack: cannot tell whether the functions are stopped; if they run, {again}")
+    elif ENABLED_PARAMETER not in parameters:
+        if parameters.get("DryRun", "false").lower() != "true":
+            context.warn(
+                f"this stack has no {ENABLED_PARAMETER} switch and DryRun is off: {again}; set DryRun=true first"
+            )
+    elif parameters[ENABLED_PARAMETER].lower() != "false":
+        context.warn(
+            f"the stack's functions are not disabled ({ENABLED_PARAMETER}={parameters[ENABLED_PARAMETER]}): "
+            f"{again}; set {ENABLED_PARAMETER}=false first"
+        )
 
 
 def _redrive(args: argparse.Namespace) -> int:
