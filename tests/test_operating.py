@@ -390,6 +390,7 @@ def test_undo_is_a_dry_run_by_default_and_changes_nothing(
     [entry] = report["instances"]
     assert (entry["outcome"], entry["instance_id"], entry["cloudmap_service_id"]) == ("would-restore", sick, sid)
     assert entry["attributes"] == written
+    assert (report["context"]["account"], report["context"]["region"]) == (ACCOUNT, "us-east-1")
     assert "cannot tell whether the functions are stopped" in err
     _, out, _ = run(capsys, "undo", "--ledger-table", ledger_table(), "--since", "30m")
     assert f"would register again {sick} in {sid} (orders, taken out " in out
@@ -488,3 +489,37 @@ def test_redrive_report_names_account_region_and_stack_and_has_json(
     assert report["would_replay"] == {}
     code, out, _ = run(capsys, "redrive", "--queue-url", queue, "--function-name", "reactor", "--dry-run")
     assert out.startswith(f"account  {ACCOUNT}")
+
+
+def test_undo_registers_nothing_it_could_not_check_and_says_so(
+    aws: FleetBuilder,
+    quarantined: tuple[SeededService, dict[str, str]],
+    capsys: pytest.CaptureFixture[str],
+    mocker: Any,
+) -> None:
+    orders, _ = quarantined
+    sid, sick = orders.cloudmap_service_ids[0], task_id(orders.task_arns[0])
+    mocker.patch.object(EC2ContainerServiceBackend, "describe_tasks", side_effect=Denied)
+
+    code, out, _ = run(capsys, "undo", "--ledger-table", ledger_table(), "--since", "30m", "--apply")
+
+    assert code == 1
+    assert f"FAILED {sick} in {sid}" in out
+    assert "could not read ECS, so not registered: DescribeTasks" in out
+    assert sick not in aws.instance_ids(sid)
+    assert set(records()) == {(sid, sick)}
+
+
+def test_status_shows_what_it_could_read_when_one_part_fails(
+    aws: FleetBuilder, quarantined: tuple[SeededService, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    queue = deploy_stack()
+    boto3.client("sqs").delete_queue(QueueUrl=queue)
+
+    code, out, err = run(capsys, "status", "--stack", STACK)
+
+    assert code == 1
+    assert "quarantined  1 instance(s)" in out
+    assert "alarms       0 of 2 in ALARM" in out
+    assert "could not read the dead-letter queue: " in out
+    assert "WARNING: could not read the dead-letter queue" in err

@@ -186,7 +186,7 @@ def _check(ecs: Any, cluster: str, records: list[QuarantineRecord]) -> tuple[lis
         }
         tasks = {t.task_id: t for t in ecs.describe_tasks(cluster, sorted({r.task_arn for r in records}))}
     except AwsCallFailed as exc:
-        return [], [Entry(r, Outcome.SKIPPED, f"could not read ECS: {exc}") for r in records]
+        return [], [Entry(r, Outcome.FAILED, f"could not read ECS, so not registered: {exc}") for r in records]
     ok: list[QuarantineRecord] = []
     skipped: list[Entry] = []
     for record in records:
