@@ -191,6 +191,11 @@ def test_plan_judges_with_the_deployed_stacks_parameters(
     assert {d["service"] for d in plan["deregister"]} == {"orders", "payments"}
     assert plan["ledger"]["table"] == ledger_table()  # the stack's LedgerTableName output
 
+    _, out, _ = run(capsys, "plan", "--json", "--stack", STACK, "--min-healthy-percent", "50")
+    plan = json.loads(out)
+    assert [held["services"] for held in plan["fail_open"]] == [["payments"]]  # the command line wins
+    assert plan["context"]["settings"].endswith("overridden by --min-healthy-percent")
+
     _, out, _ = run(capsys, "plan")  # the defaults: 50 %, so payments is held
     assert "would keep payments's unhealthy tasks" in out
     assert "settings built-in defaults" in out

@@ -134,31 +134,33 @@ def _start(args: argparse.Namespace, writes: Mapping[str, tuple[str, ...]] | Non
     return open_context(clients.sts, target, args.stack, stack), clients
 
 
+# Options of doctor and plan that override a policy field, with or without --stack: field -> option.
+OVERRIDES = {
+    "min_healthy_percent": "min_healthy_percent",
+    "tag_scope": "tag_scope",
+    "stale_check_every_endpoint": "all_endpoints",
+}
+
+
 def policy_of(args: argparse.Namespace, context: Context) -> Policy:
-    """The deployed stack's policy (``--stack``), or the defaults with the command line's overrides.
+    """The deployed stack's policy (``--stack``), or the defaults; either with the command line's overrides.
 
     Its ``ledger_table`` is the quarantine ledger to read: ``--ledger-table``, else the stack's
     ``LedgerTableName`` output; empty (not read) without either. It is set in the policy, as
     ``LEDGER_TABLE`` is in the poller's, because the decisions follow it (readiness, records).
     """
-    region = context.target.region
-    if context.stack is not None:
-        parameters = stack_parameters(context.stack)
-        table = args.ledger_table or stack_outputs(context.stack).get(LEDGER_TABLE_OUTPUT, "")
-        context.settings = f"the deployed stack's {len(parameters)} parameters"
-        return Policy.from_stack_parameters(parameters, env={"LEDGER_TABLE": table, "AWS_REGION": region})
-    overrides = {
-        "TAG_SCOPE": args.tag_scope or "",
-        "STALE_CHECK_ALL_ENDPOINTS": str(args.all_endpoints).lower(),
-        "LEDGER_TABLE": args.ledger_table or "",
-        "AWS_REGION": region,
-    }
-    if args.min_healthy_percent is not None:
-        overrides["MIN_HEALTHY_PERCENT"] = args.min_healthy_percent
-    context.settings = "built-in defaults (no --stack: not a deployed stack's parameters)" + (
-        " with command-line overrides" if args.tag_scope or args.all_endpoints or args.min_healthy_percent else ""
-    )
-    return Policy.from_env(overrides)
+    given = {name: getattr(args, option) for name, option in OVERRIDES.items() if getattr(args, option)}
+    table = args.ledger_table or stack_outputs(context.stack).get(LEDGER_TABLE_OUTPUT, "")
+    env = {"LEDGER_TABLE": table, "AWS_REGION": context.target.region}
+    overridden = f" overridden by {', '.join('--' + OVERRIDES[n].replace('_', '-') for n in given)}" if given else ""
+    if context.stack is None:
+        context.settings = f"built-in defaults (no --stack: not a deployed stack's parameters){overridden}"
+        return Policy.from_env({**env, **{Policy.environment_of(n)[0]: str(v).lower() for n, v in given.items()}})
+    parameters = stack_parameters(context.stack)
+    context.settings = f"the deployed stack's {len(parameters)} parameters{overridden}"
+    for name, value in given.items():
+        parameters[Policy.environment_of(name)[1] or ""] = str(value).lower()
+    return Policy.from_stack_parameters(parameters, env=env)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -305,13 +307,11 @@ def _time(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    commands = {"doctor": _doctor, "plan": _plan, "status": _status, "undo": _undo, "redrive": _redrive}
     try:
-        return COMMANDS[args.command](args)
+        return commands[args.command](args)
     except (*FAILURES, MutationRefused) as exc:
         print(f"cloudmap-reactor {args.command}: {exc}", file=sys.stderr)
         return 2
@@ -661,8 +661,6 @@ def _redrive(args: argparse.Namespace) -> int:
         print(summary.line(dry_run=args.dry_run))
     return 1 if summary.failed else 0
 
-
-COMMANDS.update(doctor=_doctor, plan=_plan, status=_status, undo=_undo, redrive=_redrive)
 
 if __name__ == "__main__":
     sys.exit(main())
