@@ -31,7 +31,8 @@ from packaging.utils import canonicalize_name
 from cloudmap_reactor import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+PROJECT = PYPROJECT["project"]
 DECLARED = [Requirement(text) for text in PROJECT["dependencies"]]
 # pip writes these itself on install; a wheel does not carry them.
 INSTALL_RECORDS = {"INSTALLER", "RECORD", "REQUESTED", "direct_url.json"}
@@ -129,7 +130,9 @@ def build_wheel(wheelhouse: Path, source: Path) -> None:
 @pytest.fixture(scope="module")
 def command(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str], Path]:
     """``cloudmap-reactor`` pip-installed into a clean venv from a local wheelhouse, and a neutral directory."""
-    pytest.importorskip("setuptools", reason="the build backend (setuptools) is not in this venv")
+    for requirement in map(Requirement, PYPROJECT["build-system"]["requires"]):  # built without isolation
+        backend = metadata.version(requirement.name)
+        assert requirement.specifier.contains(backend), f"{requirement.name} {backend} here: run make venv"
     wheelhouse = tmp_path_factory.mktemp("wheelhouse")
     build_wheel(wheelhouse, tmp_path_factory.mktemp("source"))
     for name in dependency_closure(DECLARED):

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from cloudmap_reactor.adapters.ecs import EcsReader
 from cloudmap_reactor.core.decide.recovery import is_consistent
 from cloudmap_reactor.core.decisions import Decision, QuarantineRecord, Restore
 from cloudmap_reactor.core.model import EcsService, is_running
@@ -140,7 +141,7 @@ class UndoReport:
 
 def undo(
     ledger: QuarantineLedger,
-    ecs: Any,  # an EcsReader (DescribeServices, DescribeTasks)
+    ecs: EcsReader,
     window: Window,
     *,
     actor: Actor | None = None,  # None: dry run
@@ -178,7 +179,7 @@ def _wanted(record: QuarantineRecord, clusters: Sequence[str], services: Sequenc
     return in_cluster and (not services or record.service_name in services)
 
 
-def _check(ecs: Any, cluster: str, records: list[QuarantineRecord]) -> tuple[list[QuarantineRecord], list[Entry]]:
+def _check(ecs: EcsReader, cluster: str, records: list[QuarantineRecord]) -> tuple[list[QuarantineRecord], list[Entry]]:
     """(records that may come back, entries of those that may not) for one cluster."""
     try:
         found: dict[str, EcsService] = {
@@ -197,8 +198,10 @@ def _check(ecs: Any, cluster: str, records: list[QuarantineRecord]) -> tuple[lis
         elif not is_consistent(record, service):
             skipped.append(Entry(record, Outcome.SKIPPED, "the record does not match its ECS service: never acted on"))
         elif task is None or not is_running(task):
-            status = "unknown to ECS" if task is None else f"{task.last_status}, desired {task.desired_status}"
-            skipped.append(Entry(record, Outcome.SKIPPED, f"its task is not running ({status}): never registered"))
+            state = "unknown to ECS" if task is None else f"{task.last_status}, desired {task.desired_status}"
+            skipped.append(Entry(record, Outcome.SKIPPED, f"its task is not running ({state}): never registered"))
+        elif task.service_name != record.service_name:
+            skipped.append(Entry(record, Outcome.SKIPPED, "its task belongs to another service: never acted on"))
         else:
             ok.append(record)
     return ok, skipped
