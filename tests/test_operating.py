@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import boto3
 import pytest
@@ -303,11 +303,16 @@ def test_the_region_is_resolved_as_the_aws_cli_resolves_it(monkeypatch: pytest.M
 
 
 # -- status ------------------------------------------------------------------------------------
-@pytest.fixture
-def quarantined(aws: FleetBuilder, lambda_context: FakeLambdaContext) -> tuple[SeededService, dict[str, str]]:
-    """orders: four HEALTHY tasks, then the first UNHEALTHY: the poller takes it out and records it.
+class Quarantined(NamedTuple):
+    service: SeededService
+    sid: str  # the Cloud Map service it was taken out of
+    instance_id: str
+    written: dict[str, str]  # the attributes ECS had registered for it
 
-    Returns the service and the attributes ECS had registered for the task taken out."""
+
+@pytest.fixture
+def quarantined(aws: FleetBuilder, lambda_context: FakeLambdaContext) -> Quarantined:
+    """orders: four HEALTHY tasks, then the first UNHEALTHY: the poller takes it out and records it."""
     aws.create_cluster("prod")
     orders = aws.create_service("prod", "orders", discovery_names=["orders"])
     for arn in aws.start_tasks(orders, 4):
@@ -318,12 +323,12 @@ def quarantined(aws: FleetBuilder, lambda_context: FakeLambdaContext) -> tuple[S
     poll(lambda_context)
     assert sick not in aws.instance_ids(sid)
     assert set(records()) == {(sid, sick)}
-    return orders, written
+    return Quarantined(orders, sid, sick, written)
 
 
 def test_status_sums_up_a_deployed_stack_in_read_only_calls(
     aws: FleetBuilder,
-    quarantined: tuple[SeededService, dict[str, str]],
+    quarantined: Quarantined,
     capsys: pytest.CaptureFixture[str],
     mocker: Any,
 ) -> None:
@@ -351,7 +356,7 @@ def test_status_sums_up_a_deployed_stack_in_read_only_calls(
         "9.9.9",
     )
     assert report["parameters"] == {"Enabled": "true", "DryRun": "false"}
-    assert [q["instance_id"] for q in report["quarantined"]] == [task_id(quarantined[0].task_arns[0])]
+    assert [q["instance_id"] for q in report["quarantined"]] == [quarantined.instance_id]
     assert report["dead_letter_messages"] == 1
     assert report["alarms"] == {f"{STACK}-errors": "ALARM", f"{STACK}-heartbeat": "OK"}
     assert report["alarms_in_alarm"] == [{"name": f"{STACK}-errors", "reason": "2 errors in 5 minutes"}]
@@ -377,12 +382,11 @@ def test_status_needs_a_stack(aws: FleetBuilder, capsys: pytest.CaptureFixture[s
 # -- undo ----------------------------------------------------------------------------------------
 def test_undo_is_a_dry_run_by_default_and_changes_nothing(
     aws: FleetBuilder,
-    quarantined: tuple[SeededService, dict[str, str]],
+    quarantined: Quarantined,
     capsys: pytest.CaptureFixture[str],
     mocker: Any,
 ) -> None:
-    orders, written = quarantined
-    sid, sick = orders.cloudmap_service_ids[0], task_id(orders.task_arns[0])
+    sid, sick, written = quarantined.sid, quarantined.instance_id, quarantined.written
     before = (aws.instance_ids(sid), records())
     calls = mocker.spy(BaseClient, "_make_api_call")
 
@@ -405,12 +409,11 @@ def test_undo_is_a_dry_run_by_default_and_changes_nothing(
 
 def test_undo_apply_registers_exactly_the_recorded_attributes_and_deletes_the_record(
     aws: FleetBuilder,
-    quarantined: tuple[SeededService, dict[str, str]],
+    quarantined: Quarantined,
     capsys: pytest.CaptureFixture[str],
     mocker: Any,
 ) -> None:
-    orders, written = quarantined
-    sid, sick = orders.cloudmap_service_ids[0], task_id(orders.task_arns[0])
+    sid, sick, written = quarantined.sid, quarantined.instance_id, quarantined.written
     deploy_stack(Enabled="false")
     calls = mocker.spy(BaseClient, "_make_api_call")
 
@@ -430,11 +433,10 @@ def test_undo_apply_registers_exactly_the_recorded_attributes_and_deletes_the_re
 
 
 def test_undo_never_registers_a_task_that_no_longer_runs(
-    aws: FleetBuilder, quarantined: tuple[SeededService, dict[str, str]], capsys: pytest.CaptureFixture[str]
+    aws: FleetBuilder, quarantined: Quarantined, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    orders, _ = quarantined
-    sid, gone = orders.cloudmap_service_ids[0], task_id(orders.task_arns[0])
-    aws.ecs.stop_task(cluster="prod", task=orders.task_arns[0], reason="replaced")
+    sid, gone = quarantined.sid, quarantined.instance_id
+    aws.ecs.stop_task(cluster="prod", task=quarantined.service.task_arns[0], reason="replaced")
     deploy_stack()
 
     code, out, err = run(capsys, "undo", "--stack", STACK, "--since", "1h", "--apply")
@@ -450,10 +452,9 @@ def test_undo_never_registers_a_task_that_no_longer_runs(
 
 
 def test_undo_only_touches_the_time_range_asked_for(
-    aws: FleetBuilder, quarantined: tuple[SeededService, dict[str, str]], capsys: pytest.CaptureFixture[str]
+    aws: FleetBuilder, quarantined: Quarantined, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    orders, _ = quarantined
-    sid = orders.cloudmap_service_ids[0]
+    sid = quarantined.sid
     before = (aws.instance_ids(sid), records())
 
     code, out, _ = run(
@@ -498,12 +499,11 @@ def test_redrive_report_names_account_region_and_stack_and_has_json(
 
 def test_undo_registers_nothing_it_could_not_check_and_says_so(
     aws: FleetBuilder,
-    quarantined: tuple[SeededService, dict[str, str]],
+    quarantined: Quarantined,
     capsys: pytest.CaptureFixture[str],
     mocker: Any,
 ) -> None:
-    orders, _ = quarantined
-    sid, sick = orders.cloudmap_service_ids[0], task_id(orders.task_arns[0])
+    sid, sick = quarantined.sid, quarantined.instance_id
     mocker.patch.object(EC2ContainerServiceBackend, "describe_tasks", side_effect=Denied)
 
     code, out, _ = run(capsys, "undo", "--ledger-table", ledger_table(), "--since", "30m", "--apply")
@@ -516,7 +516,7 @@ def test_undo_registers_nothing_it_could_not_check_and_says_so(
 
 
 def test_status_shows_what_it_could_read_when_one_part_fails(
-    aws: FleetBuilder, quarantined: tuple[SeededService, dict[str, str]], capsys: pytest.CaptureFixture[str]
+    aws: FleetBuilder, quarantined: Quarantined, capsys: pytest.CaptureFixture[str]
 ) -> None:
     queue = deploy_stack()
     boto3.client("sqs").delete_queue(QueueUrl=queue)
