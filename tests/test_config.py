@@ -41,7 +41,7 @@ def test_every_problem_is_reported_at_once() -> None:
             }
         )
     message = str(raised.value)
-    for fragment in ("'prod'", "cluster/x", "DRY_RUN='maybe'", "LOG_LEVEL='CHATTY'", "SERVICE_CACHE_TTL_SECONDS"):
+    for fragment in ("'prod'", "cluster/x", "DRY_RUN='maybe'", "LOG_LEVEL='chatty'", "SERVICE_CACHE_TTL_SECONDS"):
         assert fragment in message
 
 
@@ -144,3 +144,29 @@ def test_stack_parameters_become_the_policy() -> None:
     policy = Policy.from_stack_parameters({"MinHealthyPercent": "75", "DryRun": "true", "Unrelated": "x"})
     assert (policy.min_healthy_percent, policy.dry_run) == (75.0, True)
     assert policy.probe_failure_threshold == Policy().probe_failure_threshold
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("", True), ("true", True), ("false", False), ("off", False)])
+def test_enabled_is_the_emergency_stop(raw: str, expected: bool) -> None:
+    assert Policy.from_env({"ENABLED": raw}).enabled is expected
+    assert Policy.environment_of("enabled") == ("ENABLED", "Enabled")
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "INFO"),
+        ({"LOG_LEVEL": "debug"}, "DEBUG"),
+        ({"POWERTOOLS_LOG_LEVEL": "warning"}, "WARNING"),
+        ({"LOG_LEVEL": "DEBUG", "POWERTOOLS_LOG_LEVEL": "ERROR"}, "ERROR"),  # Powertools' own variable wins
+        ({"LOG_LEVEL": "DEBUG", "POWERTOOLS_LOG_LEVEL": " "}, "DEBUG"),  # blank: not set
+    ],
+)
+def test_log_level_follows_powertools_precedence(env: dict[str, str], expected: str) -> None:
+    assert Policy.from_env(env).log_level == expected
+
+
+@pytest.mark.parametrize("variable", ["LOG_LEVEL", "POWERTOOLS_LOG_LEVEL"])
+def test_an_invalid_log_level_is_rejected_naming_its_variable(variable: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{variable}='verbose' is not a log level: use one of \['DEBUG'"):
+        Policy.from_env({variable: "verbose"})

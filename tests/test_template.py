@@ -26,6 +26,7 @@ from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 from samtranslator.yaml_helper import yaml_parse
 
+from cloudmap_reactor import __version__
 from cloudmap_reactor.config import Policy, defaults_by_parameter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +35,7 @@ TEMPLATE = ROOT / "template.yaml"
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 STACK = "cloudmap-reactor-test"
-SERVICE = "cloudmap-reactor"
+SERVICE = STACK  # the service dimension and log key: the stack name by default (ServiceName)
 CLUSTERS = (
     f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/prod",
     f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/staging",
@@ -399,6 +400,29 @@ def test_environment_follows_parameters() -> None:
     poller_env = stack.properties(POLLER)["Environment"]["Variables"]
     assert (poller_env["POLL_INTERVAL_SECONDS"], poller_env["POLL_WINDOW_SECONDS"]) == ("5", "0")
     assert poller_env["ECS_READS_PER_SECOND"] == "0"
+
+
+@pytest.mark.parametrize("enabled", ["true", "false"])
+def test_the_emergency_stop_reaches_both_functions(enabled: str) -> None:
+    stack = Stack({"Enabled": enabled})
+    for logical_id in (REACTOR, POLLER):
+        env = stack.properties(logical_id)["Environment"]["Variables"]
+        assert env["ENABLED"] == enabled
+        assert Policy.from_env(as_deployed(env)).enabled is (enabled == "true")
+
+
+def test_the_service_dimension_is_the_stack_name_unless_named() -> None:
+    """Two stacks in one account never share a metric (and so an alarm): service is the stack's own."""
+    for params, service in (({}, STACK), ({"ServiceName": "payments-reactor"}, "payments-reactor")):
+        stack = Stack(params)
+        for logical_id in (REACTOR, POLLER):
+            assert stack.properties(logical_id)["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == service
+        for alarm_id, alarm in stack.of_type("AWS::CloudWatch::Alarm").items():
+            dimensions = alarm["Properties"].get("Dimensions", [])
+            assert all(d["Value"] == service for d in dimensions if d["Name"] == "service"), alarm_id
+        custom = [m for m in dashboard_metrics(stack) if m[0] == "CloudMapReactor"]
+        assert custom
+        assert all(m[2:4] == ["service", service] for m in custom)
 
 
 def test_poller_memory_is_a_parameter() -> None:
@@ -1159,6 +1183,7 @@ def test_outputs(stack: Stack) -> None:
     assert outputs["AlarmTopicArn"] == "<Ref:AlarmTopic>"
     assert outputs["DashboardName"] == "<Ref:Dashboard>"
     assert outputs["DashboardUrl"].startswith(f"https://{REGION}.console.aws.amazon.com/cloudwatch/")
+    assert outputs["Version"] == __version__, "the Version output must follow cloudmap_reactor.__version__"
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,15 +2,74 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
+from cloudmap_reactor.core.decisions import Action, Decision, Deregister, Forget, Redeploy, Restore, StopTask
 from cloudmap_reactor.core.model import Deregistration, Outcome
 from cloudmap_reactor.observability import MetricName, count, count_with_reason, logger, metrics
 from cloudmap_reactor.poller.acting import Change, LedgerChange
 from cloudmap_reactor.poller.scanner import HealthPassResult
+
+
+def report_disabled() -> dict[str, Any]:
+    """The emergency stop (Enabled=false): say so in the log and in ``Disabled``; nothing else happens."""
+    logger.info("Emergency stop: Enabled=false, this invocation does nothing (no AWS call)")
+    count(MetricName.DISABLED)
+    return {"status": "disabled"}
+
+
+def log_decision(decision: Decision) -> None:
+    """DEBUG: every action decided and every hold, with its rule or reason (nothing is built when DEBUG is off)."""
+    if logger.log_level > logging.DEBUG:
+        return
+    for action in decision.actions:
+        logger.debug("Decided", extra=_describe(action))
+    for held in decision.held:
+        fields = _describe(held.action) if held.action is not None else {}
+        logger.debug("Held back", extra={**fields, "hold": held.why.value, "detail": held.detail})
+    for verdict in decision.guard:
+        logger.debug(
+            "Fail-open guard",
+            extra={
+                "cloudmap_service_id": verdict.cloudmap_service_id,
+                "running_tasks": verdict.running,
+                "healthy_registered": verdict.healthy_registered,
+                "required_healthy": verdict.required,
+                "unhealthy_tasks": verdict.failing,
+                "holds": verdict.holds,
+            },
+        )
+
+
+def _describe(action: Action) -> dict[str, Any]:
+    """The log fields of one action: what it is, the rule that chose it, and what it touches."""
+    fields: dict[str, Any] = {"action": type(action).__name__, "rule": action.rule.value}
+    if isinstance(action, Deregister):
+        fields.update(
+            cluster_arn=action.cluster_arn,
+            ecs_service=action.service_name,
+            task_arn=action.task_arn,
+            cloudmap_service_id=action.cloudmap_service_id,
+            reason=action.reason.value,
+            quarantine=action.quarantine is not None,
+        )
+    elif isinstance(action, Restore | Forget | StopTask):
+        record = action.record
+        fields.update(
+            cluster_arn=record.cluster_arn,
+            ecs_service=record.service_name,
+            task_arn=record.task_arn,
+            cloudmap_service_id=record.cloudmap_service_id,
+            reason=record.reason.value,
+        )
+    elif isinstance(action, Redeploy):
+        fields.update(cluster_arn=action.client.service.cluster_arn, ecs_service=action.client.service.service_name)
+    return fields
 
 
 def report_ledger(result: HealthPassResult) -> None:
