@@ -15,6 +15,10 @@ from cloudmap_reactor.observability import MetricName, count, count_with_reason,
 from cloudmap_reactor.poller.acting import Change, LedgerChange
 from cloudmap_reactor.poller.scanner import HealthPassResult
 
+# The removal log lines: the dashboard's "Last removals" Logs Insights query selects on these.
+REMOVED_MESSAGE = "Deregistered task from Cloud Map"
+DRY_RUN_REMOVED_MESSAGE = "DRY_RUN: would deregister task from Cloud Map"
+
 
 def report_disabled() -> dict[str, Any]:
     """The emergency stop (Enabled=false): say so in the log and in ``Disabled``; nothing else happens."""
@@ -142,10 +146,10 @@ def report_deregistrations(records: Iterable[Deregistration]) -> None:
         }
         if record.outcome is Outcome.DEREGISTERED:
             removed[record.reason.value] += 1
-            logger.info("Deregistered task from Cloud Map", extra=fields)
+            logger.info(REMOVED_MESSAGE, extra=fields)
         elif record.outcome is Outcome.DRY_RUN:
             dry_run[record.reason.value] += 1
-            logger.info("DRY_RUN: would deregister task from Cloud Map", extra=fields)
+            logger.info(DRY_RUN_REMOVED_MESSAGE, extra=fields)
         elif record.outcome is Outcome.ALREADY_GONE:
             logger.info("Instance already gone from Cloud Map", extra=fields)
         else:
