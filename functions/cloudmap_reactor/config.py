@@ -112,8 +112,8 @@ class Policy:
         """Parse ``env`` (default: ``os.environ``); raise ``ConfigError`` naming every bad variable."""
         env = os.environ if env is None else env
         problems: list[str] = []
-        values = {f.name: _parse(f, env.get(f.metadata["env"]), problems) for f in fields(cls)}
-        values["log_level"] = _parse_log_level(*log_level_setting(env), problems)
+        values = {f.name: _parse(f, env.get(f.metadata["env"]), problems) for f in fields(cls) if f.name != "log_level"}
+        values["log_level"] = _parse_log_level(*log_level_setting(env), problems)  # two variables
         region = env.get("AWS_REGION", "").strip()
         for arn in values["cluster_arns"]:
             match = CLUSTER_ARN_PATTERN.fullmatch(arn)
@@ -271,6 +271,5 @@ _PARSERS: dict[str, Callable[[str, list[str]], Any]] = {
     "ledger_table": _parse_table_name,
     "cluster_arns": _parse_cluster_arns,
     "poll_schedule": _parse_schedule,
-    "log_level": lambda text, problems: valid_log_level(text) or "INFO",  # from_env reports a bad value
     "tag_scope": _parse_tag_scope,
 }
