@@ -23,7 +23,13 @@ from cloudmap_reactor.core.http_checks import ProblemKind
 from cloudmap_reactor.core.poll_loop import DEADLINE_MARGIN_SECONDS, PollLoop, poll_window_seconds
 from cloudmap_reactor.core.ports import AwsCallFailed
 from cloudmap_reactor.core.probing import ProbeVerdict
-from cloudmap_reactor.handlers.reporting import log_decision, report_deregistrations, report_disabled, report_ledger
+from cloudmap_reactor.handlers.reporting import (
+    guard_fields,
+    log_decision,
+    report_deregistrations,
+    report_disabled,
+    report_ledger,
+)
 from cloudmap_reactor.observability import (
     MetricName,
     count,
@@ -123,16 +129,7 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
     report_deregistrations(result.deregistrations)
     for held in result.fail_open:
         logger.warning(
-            "Fail-open: unhealthy tasks left registered, too few would stay healthy",
-            extra={
-                "cloudmap_service_id": held.cloudmap_service_id,
-                "ecs_service": ",".join(held.service_names),
-                "running_tasks": held.running,
-                "unhealthy_tasks": held.failing,
-                "healthy_registered": held.healthy_registered,
-                "required_healthy": held.required,
-                "healthy_percent_after": round(held.healthy_percent_after, 1),
-            },
+            "Fail-open: unhealthy tasks left registered, too few would stay healthy", extra=guard_fields(held)
         )
     for orphan in result.orphans:
         logger.warning(

@@ -9,7 +9,7 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from cloudmap_reactor.core.decisions import Action, Decision, Deregister, Forget, Redeploy, Restore, StopTask
+from cloudmap_reactor.core.decisions import Action, Decision, Deregister, GuardVerdict, Redeploy
 from cloudmap_reactor.core.model import Deregistration, Outcome
 from cloudmap_reactor.observability import MetricName, count, count_with_reason, logger, metrics
 from cloudmap_reactor.poller.acting import Change, LedgerChange
@@ -37,43 +37,39 @@ def log_decision(decision: Decision) -> None:
         fields = _describe(held.action) if held.action is not None else {}
         logger.debug("Held back", extra={**fields, "hold": held.why.value, "detail": held.detail})
     for verdict in decision.guard:
-        logger.debug(
-            "Fail-open guard",
-            extra={
-                "cloudmap_service_id": verdict.cloudmap_service_id,
-                "running_tasks": verdict.running,
-                "healthy_registered": verdict.healthy_registered,
-                "required_healthy": verdict.required,
-                "unhealthy_tasks": verdict.failing,
-                "holds": verdict.holds,
-            },
-        )
+        logger.debug("Fail-open guard", extra={**guard_fields(verdict), "holds": verdict.holds})
 
 
 def _describe(action: Action) -> dict[str, Any]:
     """The log fields of one action: what it is, the rule that chose it, and what it touches."""
     fields: dict[str, Any] = {"action": type(action).__name__, "rule": action.rule.value}
+    if isinstance(action, Redeploy):
+        service = action.client.service
+        return {**fields, "cluster_arn": service.cluster_arn, "ecs_service": service.service_name}
+    target = action if isinstance(action, Deregister) else action.record  # Restore, Forget, StopTask
+    fields.update(
+        cluster_arn=target.cluster_arn,
+        ecs_service=target.service_name,
+        task_arn=target.task_arn,
+        cloudmap_service_id=target.cloudmap_service_id,
+        reason=target.reason.value,
+    )
     if isinstance(action, Deregister):
-        fields.update(
-            cluster_arn=action.cluster_arn,
-            ecs_service=action.service_name,
-            task_arn=action.task_arn,
-            cloudmap_service_id=action.cloudmap_service_id,
-            reason=action.reason.value,
-            quarantine=action.quarantine is not None,
-        )
-    elif isinstance(action, Restore | Forget | StopTask):
-        record = action.record
-        fields.update(
-            cluster_arn=record.cluster_arn,
-            ecs_service=record.service_name,
-            task_arn=record.task_arn,
-            cloudmap_service_id=record.cloudmap_service_id,
-            reason=record.reason.value,
-        )
-    elif isinstance(action, Redeploy):
-        fields.update(cluster_arn=action.client.service.cluster_arn, ecs_service=action.client.service.service_name)
+        fields["quarantine"] = action.quarantine is not None
     return fields
+
+
+def guard_fields(verdict: GuardVerdict) -> dict[str, Any]:
+    """The fail-open guard's arithmetic for one Cloud Map service, as log fields."""
+    return {
+        "cloudmap_service_id": verdict.cloudmap_service_id,
+        "ecs_service": ",".join(verdict.service_names),
+        "running_tasks": verdict.running,
+        "unhealthy_tasks": verdict.failing,
+        "healthy_registered": verdict.healthy_registered,
+        "required_healthy": verdict.required,
+        "healthy_percent_after": round(verdict.healthy_percent_after, 1),
+    }
 
 
 def report_ledger(result: HealthPassResult) -> None:
