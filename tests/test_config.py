@@ -120,14 +120,23 @@ def test_clusters_of_two_accounts_are_refused() -> None:
         Policy.from_env({"CLUSTER_ARNS": f"{PROD},{other}"})
 
 
-@pytest.mark.parametrize("module", ["task_state_change", "health_poller"])
-def test_a_bad_setting_stops_the_function_at_import(module: str) -> None:
+@pytest.mark.parametrize(
+    ("module", "variable", "value", "message"),
+    [
+        ("task_state_change", "MIN_HEALTHY_PERCENT", "150", "MIN_HEALTHY_PERCENT='150' must be a number from 0 to 100"),
+        ("health_poller", "MIN_HEALTHY_PERCENT", "150", "MIN_HEALTHY_PERCENT='150' must be a number from 0 to 100"),
+        # Not a ValueError from inside Powertools' Logger at import: the policy's message.
+        ("health_poller", "LOG_LEVEL", "verbose", "LOG_LEVEL='verbose' is not a log level"),
+        ("task_state_change", "POWERTOOLS_LOG_LEVEL", "verbose", "POWERTOOLS_LOG_LEVEL='verbose' is not a log level"),
+    ],
+)
+def test_a_bad_setting_stops_the_function_at_import(module: str, variable: str, value: str, message: str) -> None:
     """Lambda reports an init error with the message, instead of failing every invocation later."""
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "MIN_HEALTHY_PERCENT": "150"}
+    env = {**os.environ, variable: value}
     done = subprocess.run(
         [sys.executable, "-c", f"import cloudmap_reactor.handlers.{module}"],
         env=env,
@@ -137,7 +146,9 @@ def test_a_bad_setting_stops_the_function_at_import(module: str) -> None:
         cwd=os.path.join(os.path.dirname(__file__), "..", "functions"),
     )
     assert done.returncode != 0
-    assert "MIN_HEALTHY_PERCENT='150' must be a number from 0 to 100" in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("cloudmap_reactor.config.ConfigError: invalid configuration: "), done.stderr
+    assert message in last
 
 
 def test_stack_parameters_become_the_policy() -> None:
