@@ -1242,7 +1242,7 @@ def test_dashboard_lists_the_last_removals_with_their_reasons(stack: Stack) -> N
     for log_group in ("TaskStateReactorLogGroup", "HealthPollerLogGroup"):
         assert f"SOURCE '<Ref:{log_group}>'" in query
     for message in (REMOVED_MESSAGE, DRY_RUN_REMOVED_MESSAGE):  # the reporting module's own log lines
-        assert f"message = '{message}'" in query
+        assert f'message = "{message}"' in query
     fields = re.search(r"\| fields ([^|]+)\|", query)
     assert fields
     assert {"reason", "outcome", "ecs_service", "task_arn", "cloudmap_service_id"} <= {
