@@ -26,7 +26,10 @@ from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 from samtranslator.yaml_helper import yaml_parse
 
+from cloudmap_reactor import __version__
 from cloudmap_reactor.config import Policy, defaults_by_parameter
+from cloudmap_reactor.core.model import Reason
+from cloudmap_reactor.handlers.reporting import DRY_RUN_REMOVED_MESSAGE, REMOVED_MESSAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
@@ -34,7 +37,7 @@ TEMPLATE = ROOT / "template.yaml"
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 STACK = "cloudmap-reactor-test"
-SERVICE = "cloudmap-reactor"
+SERVICE = STACK  # the service dimension and log key: the stack name by default (ServiceName)
 CLUSTERS = (
     f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/prod",
     f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/staging",
@@ -399,6 +402,29 @@ def test_environment_follows_parameters() -> None:
     poller_env = stack.properties(POLLER)["Environment"]["Variables"]
     assert (poller_env["POLL_INTERVAL_SECONDS"], poller_env["POLL_WINDOW_SECONDS"]) == ("5", "0")
     assert poller_env["ECS_READS_PER_SECOND"] == "0"
+
+
+@pytest.mark.parametrize("enabled", ["true", "false"])
+def test_the_emergency_stop_reaches_both_functions(enabled: str) -> None:
+    stack = Stack({"Enabled": enabled})
+    for logical_id in (REACTOR, POLLER):
+        env = stack.properties(logical_id)["Environment"]["Variables"]
+        assert env["ENABLED"] == enabled
+        assert Policy.from_env(as_deployed(env)).enabled is (enabled == "true")
+
+
+def test_the_service_dimension_is_the_stack_name_unless_named() -> None:
+    """Two stacks in one account never share a metric (and so an alarm): service is the stack's own."""
+    for params, service in (({}, STACK), ({"ServiceName": "payments-reactor"}, "payments-reactor")):
+        stack = Stack(params)
+        for logical_id in (REACTOR, POLLER):
+            assert stack.properties(logical_id)["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == service
+        for alarm_id, alarm in stack.of_type("AWS::CloudWatch::Alarm").items():
+            dimensions = alarm["Properties"].get("Dimensions", [])
+            assert all(d["Value"] == service for d in dimensions if d["Name"] == "service"), alarm_id
+        custom = [m for m in dashboard_metrics(stack) if m[0] == "CloudMapReactor"]
+        assert custom
+        assert all(m[2:4] == ["service", service] for m in custom)
 
 
 def test_poller_memory_is_a_parameter() -> None:
@@ -933,41 +959,12 @@ def test_the_ledger_is_reached_item_by_item_and_only_that_table(params: Params) 
 
 NAMESPACE = "Custom/CloudMapReactor"
 SERVICE_DIMENSION = [{"Name": "service", "Value": SERVICE}]
+# Errors must persist: 3 of the last 5 minutes, never a single failed call.
+PERSISTENT = {"Period": 60, "EvaluationPeriods": 5, "DatapointsToAlarm": 3}
+ONE_MINUTE = {"Period": 60, "EvaluationPeriods": 1, "DatapointsToAlarm": 1}
+ABOVE_ZERO = {"Threshold": 0, "ComparisonOperator": "GreaterThanThreshold", "TreatMissingData": "notBreaching"}
+PAGE, WARNING = "<Ref:AlarmTopic>", "<Ref:WarningTopic>"
 ALARMS: dict[str, dict[str, Json]] = {
-    "DeregistrationErrorsAlarm": {
-        "Namespace": NAMESPACE,
-        "MetricName": "DeregistrationErrors",
-        "Dimensions": SERVICE_DIMENSION,
-        "Statistic": "Sum",
-        "Period": 60,
-        "EvaluationPeriods": 1,
-        "Threshold": 0,
-        "ComparisonOperator": "GreaterThanThreshold",
-        "TreatMissingData": "notBreaching",
-    },
-    "FailOpenAlarm": {
-        "Namespace": NAMESPACE,
-        "MetricName": "FailOpenActivated",
-        "Dimensions": SERVICE_DIMENSION,
-        "Statistic": "Sum",
-        "Period": 60,
-        "EvaluationPeriods": 1,
-        "Threshold": 0,
-        "ComparisonOperator": "GreaterThanThreshold",
-        "TreatMissingData": "notBreaching",
-    },
-    "StaleDependencyAlarm": {
-        "Namespace": NAMESPACE,
-        "MetricName": "StaleDependencyTasks",
-        "Dimensions": SERVICE_DIMENSION,
-        "Statistic": "Maximum",
-        "Period": 60,
-        "EvaluationPeriods": "15",  # a parameter (StaleAlarmMinutes), as CloudFormation passes it
-        "DatapointsToAlarm": "15",
-        "Threshold": 0,
-        "ComparisonOperator": "GreaterThanThreshold",
-        "TreatMissingData": "notBreaching",
-    },
     "HealthPollerHeartbeatAlarm": {
         "Namespace": NAMESPACE,
         "MetricName": "HealthScanCompleted",
@@ -980,42 +977,62 @@ ALARMS: dict[str, dict[str, Json]] = {
         "ComparisonOperator": "LessThanThreshold",
         "TreatMissingData": "breaching",
     },
+    "DeregistrationErrorsAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "DeregistrationErrors",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Sum",
+        **PERSISTENT,
+        **ABOVE_ZERO,
+    },
+    "FailOpenAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "FailOpenActivated",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Sum",
+        **PERSISTENT,
+        **ABOVE_ZERO,
+    },
+    "StaleDependencyAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "StaleDependencyTasks",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Maximum",
+        "Period": 60,
+        "EvaluationPeriods": "15",  # a parameter (StaleAlarmMinutes), as CloudFormation passes it
+        "DatapointsToAlarm": "15",
+        **ABOVE_ZERO,
+    },
     "TaskStateReactorErrorsAlarm": {
         "Namespace": "AWS/Lambda",
         "MetricName": "Errors",
         "Dimensions": [{"Name": "FunctionName", "Value": f"<Ref:{REACTOR}>"}],
         "Statistic": "Sum",
-        "Threshold": 0,
-        "ComparisonOperator": "GreaterThanThreshold",
+        **PERSISTENT,
+        **ABOVE_ZERO,
     },
     "HealthPollerErrorsAlarm": {
         "Namespace": "AWS/Lambda",
         "MetricName": "Errors",
         "Dimensions": [{"Name": "FunctionName", "Value": f"<Ref:{POLLER}>"}],
         "Statistic": "Sum",
-        "Threshold": 0,
-        "ComparisonOperator": "GreaterThanThreshold",
+        **PERSISTENT,
+        **ABOVE_ZERO,
     },
     "RestoreErrorsAlarm": {
         "Namespace": NAMESPACE,
         "MetricName": "RestoreErrors",
         "Dimensions": SERVICE_DIMENSION,
         "Statistic": "Sum",
-        "Period": 60,
-        "EvaluationPeriods": 1,
-        "DatapointsToAlarm": 1,
-        "Threshold": 0,
-        "ComparisonOperator": "GreaterThanThreshold",
-        "TreatMissingData": "notBreaching",
+        **PERSISTENT,
+        **ABOVE_ZERO,
     },
     "QuarantineAgeAlarm": {
         "Namespace": NAMESPACE,
         "MetricName": "OldestQuarantineSeconds",
         "Dimensions": SERVICE_DIMENSION,
         "Statistic": "Maximum",
-        "Period": 60,
-        "EvaluationPeriods": 1,
-        "DatapointsToAlarm": 1,
+        **ONE_MINUTE,  # the threshold is already an age
         "Threshold": "1800",  # a parameter (QuarantineAlarmSeconds), as CloudFormation passes it
         "ComparisonOperator": "GreaterThanThreshold",
         "TreatMissingData": "notBreaching",
@@ -1024,10 +1041,22 @@ ALARMS: dict[str, dict[str, Json]] = {
         "Namespace": "AWS/SQS",
         "MetricName": "ApproximateNumberOfMessagesVisible",
         "Dimensions": [{"Name": "QueueName", "Value": "<DeadLetterQueue.QueueName>"}],
-        "Threshold": 0,
-        "ComparisonOperator": "GreaterThanThreshold",
+        "Statistic": "Maximum",
+        **ONE_MINUTE,  # a dead letter stays until someone redrives it
+        **ABOVE_ZERO,
+    },
+    "EmergencyStopAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "Disabled",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Sum",
+        **ONE_MINUTE,
+        **ABOVE_ZERO,
     },
 }
+# Someone is needed now only when clients reach tasks that should be out, or nothing is watching.
+PAGES = {"HealthPollerHeartbeatAlarm", "DeregistrationErrorsAlarm"}
+README = ROOT / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -1044,10 +1073,33 @@ def test_alarm(namespaced_stack: Stack, alarm_id: str) -> None:
     alarm = namespaced_stack.properties(alarm_id)
     for key, value in ALARMS[alarm_id].items():
         assert alarm[key] == value, f"{alarm_id}.{key}"
-    assert alarm["AlarmActions"] == ["<Ref:AlarmTopic>"]
-    assert alarm["OKActions"] == ["<Ref:AlarmTopic>"]
+    topic = PAGE if alarm_id in PAGES else WARNING
+    assert alarm["AlarmActions"] == alarm["OKActions"] == [topic]
     assert alarm.get("ActionsEnabled", True) is True
-    assert alarm["AlarmDescription"]
+    assert alarm["AlarmDescription"].startswith("[page] " if topic == PAGE else "[warning] ")
+    assert len(alarm["AlarmDescription"]) <= 1024  # CloudWatch's limit
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown file (lowercase, punctuation dropped, spaces to -)."""
+    headings = re.findall(r"^#{1,6} (.+)$", markdown, flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("base", [None, "https://wiki.example.com/cloudmap-reactor"])
+def test_every_alarm_links_a_runbook_section_of_the_readme(base: str | None) -> None:
+    stack = Stack({"RunbookBaseUrl": base} if base else {})
+    anchors = github_anchors(README.read_text(encoding="utf-8"))
+    for alarm_id, alarm in stack.of_type("AWS::CloudWatch::Alarm").items():
+        link = re.search(r"Runbook: (\S+)#([\w-]+)$", alarm["Properties"]["AlarmDescription"])
+        assert link, alarm_id
+        assert link.group(1) == (base or "README.md"), alarm_id
+        assert link.group(2) in anchors, f"{alarm_id}: README has no section #{link.group(2)}"
+    (text,) = (w for w in dashboard_widgets(stack) if w["type"] == "text")
+    linked = re.findall(r"\]\((\S+?)#([\w-]+)\)", text["properties"]["markdown"])
+    assert linked
+    assert {b for b, _ in linked} == {base or "README.md"}
+    assert {a for _, a in linked} <= anchors
 
 
 def test_quarantine_alarm_threshold_is_a_parameter() -> None:
@@ -1056,8 +1108,9 @@ def test_quarantine_alarm_threshold_is_a_parameter() -> None:
     assert Stack({"QuarantineAlarmSeconds": "600"}).properties("QuarantineAgeAlarm")["Threshold"] == "600"
 
 
-def test_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use(stack: Stack) -> None:
-    topic = stack.properties("AlarmTopic")
+@pytest.mark.parametrize("topic_id", ["AlarmTopic", "WarningTopic"])
+def test_alarm_topics_are_encrypted_with_a_key_cloudwatch_may_use(stack: Stack, topic_id: str) -> None:
+    topic = stack.properties(topic_id)
     key_ref = topic["KmsMasterKeyId"]
     # CloudWatch cannot publish to a topic under the AWS managed key alias/aws/sns.
     assert key_ref.startswith("<Ref:"), "the alarm topic needs a customer managed key"
@@ -1069,39 +1122,44 @@ def test_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use(stack: Stack) ->
 
     (policy,) = (
         p["Properties"] for p in stack.of_type("AWS::SNS::TopicPolicy").values()
-        if p["Properties"]["Topics"] == ["<Ref:AlarmTopic>"]
+        if p["Properties"]["Topics"] == [f"<Ref:{topic_id}>"]
     )  # fmt: skip
     (publish,) = policy["PolicyDocument"]["Statement"]
     assert publish["Effect"] == "Allow"
     assert publish["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
     assert actions(publish) == ["sns:Publish"]
-    assert publish["Resource"] == "<Ref:AlarmTopic>"
+    assert publish["Resource"] == f"<Ref:{topic_id}>"
 
 
-def test_email_subscription_only_with_an_address(stack: Stack) -> None:
+def test_email_subscriptions_only_with_an_address(stack: Stack) -> None:
     assert stack.of_type("AWS::SNS::Subscription") == {}
-    subscribed = Stack({"AlarmEmail": "oncall@example.com"})
-    (subscription,) = subscribed.of_type("AWS::SNS::Subscription").values()
-    assert subscription["Properties"] == {
-        "TopicArn": "<Ref:AlarmTopic>",
-        "Protocol": "email",
-        "Endpoint": "oncall@example.com",
-    }
+    subscribed = Stack({"AlarmEmail": "oncall@example.com", "WarningEmail": "team@example.com"})
+    subscriptions = [s["Properties"] for s in subscribed.of_type("AWS::SNS::Subscription").values()]
+    assert sorted(subscriptions, key=str) == sorted(
+        [
+            {"TopicArn": PAGE, "Protocol": "email", "Endpoint": "oncall@example.com"},
+            {"TopicArn": WARNING, "Protocol": "email", "Endpoint": "team@example.com"},
+        ],
+        key=str,
+    )
+
+
+def dashboard_widgets(stack: Stack) -> list[dict[str, Json]]:
+    (dashboard,) = stack.of_type("AWS::CloudWatch::Dashboard").values()
+    widgets: list[dict[str, Json]] = json.loads(dashboard["Properties"]["DashboardBody"])["widgets"]
+    return widgets
 
 
 def dashboard_metrics(stack: Stack) -> list[list[Json]]:
-    (dashboard,) = stack.of_type("AWS::CloudWatch::Dashboard").values()
-    body = json.loads(dashboard["Properties"]["DashboardBody"])
-    return [m for w in body["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"]]
+    return [m for w in dashboard_widgets(stack) if w["type"] == "metric" for m in w["properties"]["metrics"]]
 
 
 def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
     metrics = dashboard_metrics(namespaced_stack)
     custom = {tuple(m[1:-1] if isinstance(m[-1], dict) else m[1:]) for m in metrics if m[0] == NAMESPACE}
-    for reason in ("TaskStopping", "Unhealthy", "Reconciled", "ProbeFailed"):
-        assert ("TasksDeregistered", "service", SERVICE, "Reason", reason) in custom
-    for reason in ("TaskStopping", "Unhealthy", "ProbeFailed"):
-        assert ("DryRunDeregistrations", "service", SERVICE, "Reason", reason) in custom
+    for removal in Reason:  # dry run too: Reconciled is counted in a dry run like the others
+        assert ("TasksDeregistered", "service", SERVICE, "Reason", removal.value) in custom
+        assert ("DryRunDeregistrations", "service", SERVICE, "Reason", removal.value) in custom
     for reason in ("Unhealthy", "ProbeFailed", "NotReady"):
         assert ("TasksRestored", "service", SERVICE, "Reason", reason) in custom
     for reason in ("Throttled", "Deadline", "Error"):
@@ -1123,6 +1181,7 @@ def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
         "OldestQuarantineSeconds",
         "RestoreErrors",
         "TasksReplaced",
+        "Disabled",
     ):
         assert (name, "service", SERVICE) in custom, name
     gauges = {m[1]: m[-1].get("stat") for m in metrics if m[1] in {"QuarantinedInstances", "OldestQuarantineSeconds"}}
@@ -1131,23 +1190,65 @@ def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
     assert probe_stats == {"SampleCount", "p50", "p99", "Maximum"}
     duration_stats = {m[-1].get("stat") for m in metrics if m[1] == "HealthScanDuration"}
     assert duration_stats == {"Average", "Maximum"}
-    lambda_errors = {m[3] for m in metrics if m[:2] == ["AWS/Lambda", "Errors"]}
-    assert lambda_errors == {f"<Ref:{REACTOR}>", f"<Ref:{POLLER}>"}
+    for lambda_metric in ("Errors", "Throttles", "Duration"):
+        functions = {m[3] for m in metrics if m[:2] == ["AWS/Lambda", lambda_metric]}
+        assert functions == {f"<Ref:{REACTOR}>", f"<Ref:{POLLER}>"}, lambda_metric
     assert ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", "<DeadLetterQueue.QueueName>"] in [
         m[:4] for m in metrics
     ]
     assert all(m[0] in {NAMESPACE, "AWS/Lambda", "AWS/SQS"} for m in metrics), "namespace must follow the parameter"
 
 
-def test_dashboard_shows_every_alarm_and_the_quarantine_threshold(namespaced_stack: Stack) -> None:
-    (dashboard,) = namespaced_stack.of_type("AWS::CloudWatch::Dashboard").values()
-    widgets = json.loads(dashboard["Properties"]["DashboardBody"])["widgets"]
-    (alarms,) = (w["properties"]["alarms"] for w in widgets if w["type"] == "alarm")
-    assert sorted(alarms) == sorted(f"<{alarm_id}.Arn>" for alarm_id in ALARMS)
+def test_dashboard_shows_every_alarm_on_top_and_the_quarantine_threshold(namespaced_stack: Stack) -> None:
+    widgets = dashboard_widgets(namespaced_stack)
+    (alarms,) = (w for w in widgets if w["type"] == "alarm")
+    assert sorted(alarms["properties"]["alarms"]) == sorted(f"<{alarm_id}.Arn>" for alarm_id in ALARMS)
+    assert (alarms["x"], alarms["y"]) == (0, 0)
+    (text,) = (w for w in widgets if w["type"] == "text")
+    assert text["y"] == 0
+    assert "Emergency stop" in text["properties"]["markdown"]
+    assert f"Version {__version__}" in text["properties"]["markdown"]
     (oldest,) = (
         w for w in widgets if w["type"] == "metric" and w["properties"]["metrics"][0][1] == "OldestQuarantineSeconds"
     )
     assert oldest["properties"]["annotations"]["horizontal"][0]["value"] == 1800  # QuarantineAlarmSeconds
+
+
+def test_dashboard_widgets_fit_the_grid_without_overlapping(stack: Stack) -> None:
+    taken: set[tuple[int, int]] = set()
+    for widget in dashboard_widgets(stack):
+        x, y, width, height = (int(widget[k]) for k in ("x", "y", "width", "height"))
+        assert x + width <= 24, widget
+        cells = {(x + i, y + j) for i in range(width) for j in range(height)}
+        assert not cells & taken, widget
+        taken |= cells
+
+
+def test_dashboard_shows_duration_against_each_timeout(stack: Stack) -> None:
+    (duration,) = (
+        w for w in dashboard_widgets(stack) if w["type"] == "metric" and w["properties"]["metrics"][0][1] == "Duration"
+    )
+    lines = {m[3]: m[-1]["label"] for m in duration["properties"]["metrics"]}
+    timeouts = {a["label"]: a["value"] for a in duration["properties"]["annotations"]["horizontal"]}
+    for function in (REACTOR, POLLER):
+        label = lines[f"<Ref:{function}>"].replace("maximum", "timeout")
+        assert timeouts[label] == 1000 * stack.properties(function)["Timeout"], function
+    assert duration["properties"]["stat"] == "Maximum"
+
+
+def test_dashboard_lists_the_last_removals_with_their_reasons(stack: Stack) -> None:
+    (removals,) = (w for w in dashboard_widgets(stack) if w["type"] == "log")
+    query = removals["properties"]["query"]
+    for log_group in ("TaskStateReactorLogGroup", "HealthPollerLogGroup"):
+        assert f"SOURCE '<Ref:{log_group}>'" in query
+    for message in (REMOVED_MESSAGE, DRY_RUN_REMOVED_MESSAGE):  # the reporting module's own log lines
+        assert f'message = "{message}"' in query
+    fields = re.search(r"\| fields ([^|]+)\|", query)
+    assert fields
+    assert {"reason", "outcome", "ecs_service", "task_arn", "cloudmap_service_id"} <= {
+        f.strip() for f in fields.group(1).split(",")
+    }
+    assert "sort @timestamp desc" in query
 
 
 def test_outputs(stack: Stack) -> None:
@@ -1156,9 +1257,11 @@ def test_outputs(stack: Stack) -> None:
     assert outputs["HealthPollerFunctionArn"] == f"<{POLLER}.Arn>"
     assert outputs["DeadLetterQueueUrl"] == "<Ref:DeadLetterQueue>"
     assert outputs["LedgerTableName"] == f"<Ref:{LEDGER}>"
-    assert outputs["AlarmTopicArn"] == "<Ref:AlarmTopic>"
+    assert outputs["AlarmTopicArn"] == PAGE
+    assert outputs["WarningTopicArn"] == WARNING
     assert outputs["DashboardName"] == "<Ref:Dashboard>"
     assert outputs["DashboardUrl"].startswith(f"https://{REGION}.console.aws.amazon.com/cloudwatch/")
+    assert outputs["Version"] == __version__, "the Version output must follow cloudmap_reactor.__version__"
 
 
 # --------------------------------------------------------------------------------------------

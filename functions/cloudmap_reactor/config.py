@@ -55,7 +55,10 @@ class Policy:
     """Everything the functions read from their environment (the only home of defaults)."""
 
     cluster_arns: tuple[str, ...] = _setting((), "CLUSTER_ARNS", "ClusterArns")  # empty: every cluster
+    # Emergency stop: false makes both functions return at once, without any AWS call.
+    enabled: bool = _setting(True, "ENABLED", "Enabled")
     dry_run: bool = _setting(False, "DRY_RUN", "DryRun")
+    # POWERTOOLS_LOG_LEVEL, when set, wins over LOG_LEVEL (as in Powertools; see log_level_setting).
     log_level: str = _setting("INFO", "LOG_LEVEL", "LogLevel")
     tag_scope: TagScope = _setting(TagScope.OPT_OUT, "TAG_SCOPE", "TagScope")  # noqa: RUF009 (an immutable enum)
     # Reactor
@@ -109,7 +112,8 @@ class Policy:
         """Parse ``env`` (default: ``os.environ``); raise ``ConfigError`` naming every bad variable."""
         env = os.environ if env is None else env
         problems: list[str] = []
-        values = {f.name: _parse(f, env.get(f.metadata["env"]), problems) for f in fields(cls)}
+        values = {f.name: _parse(f, env.get(f.metadata["env"]), problems) for f in fields(cls) if f.name != "log_level"}
+        values["log_level"] = _parse_log_level(*log_level_setting(env), problems)  # two variables
         region = env.get("AWS_REGION", "").strip()
         for arn in values["cluster_arns"]:
             match = CLUSTER_ARN_PATTERN.fullmatch(arn)
@@ -172,12 +176,29 @@ def _parse(spec: Any, raw: str | None, problems: list[str]) -> Any:
     return _parse_number(spec, text, problems)
 
 
-def _parse_log_level(text: str, problems: list[str]) -> str:
-    level = text.upper() or "INFO"
-    if level in LOG_LEVELS:
-        return level
-    problems.append(f"LOG_LEVEL={level!r} is not one of {list(LOG_LEVELS)}")
-    return "INFO"
+def log_level_setting(env: Mapping[str, str]) -> tuple[str, str]:
+    """(variable, text) of the log level: ``POWERTOOLS_LOG_LEVEL`` wins over ``LOG_LEVEL``, as in Powertools.
+
+    Lambda's advanced logging controls (``AWS_LAMBDA_LOG_LEVEL``) win over both inside Powertools.
+    """
+    for name in ("POWERTOOLS_LOG_LEVEL", "LOG_LEVEL"):
+        text = (env.get(name) or "").strip()
+        if text:
+            return name, text
+    return "LOG_LEVEL", ""
+
+
+def valid_log_level(text: str) -> str | None:
+    """The level named by ``text`` (any case), or None when it names none."""
+    level = text.strip().upper() or "INFO"
+    return level if level in LOG_LEVELS else None
+
+
+def _parse_log_level(name: str, text: str, problems: list[str]) -> str:
+    level = valid_log_level(text)
+    if level is None:
+        problems.append(f"{name}={text[:40]!r} is not a log level: use one of {list(LOG_LEVELS)}")
+    return level or "INFO"
 
 
 def _parse_tag_scope(text: str, problems: list[str]) -> TagScope:
@@ -250,6 +271,5 @@ _PARSERS: dict[str, Callable[[str, list[str]], Any]] = {
     "ledger_table": _parse_table_name,
     "cluster_arns": _parse_cluster_arns,
     "poll_schedule": _parse_schedule,
-    "log_level": _parse_log_level,
     "tag_scope": _parse_tag_scope,
 }

@@ -23,8 +23,23 @@ from cloudmap_reactor.core.http_checks import ProblemKind
 from cloudmap_reactor.core.poll_loop import DEADLINE_MARGIN_SECONDS, PollLoop, poll_window_seconds
 from cloudmap_reactor.core.ports import AwsCallFailed
 from cloudmap_reactor.core.probing import ProbeVerdict
-from cloudmap_reactor.handlers.reporting import report_deregistrations, report_ledger
-from cloudmap_reactor.observability import MetricName, count, count_with_reason, logger, metrics, tracer
+from cloudmap_reactor.handlers.reporting import (
+    guard_fields,
+    log_decision,
+    report_deregistrations,
+    report_disabled,
+    report_ledger,
+)
+from cloudmap_reactor.observability import (
+    MetricName,
+    count,
+    count_with_reason,
+    flush_metrics,
+    logger,
+    metrics,
+    publish_metrics,
+    tracer,
+)
 from cloudmap_reactor.poller.reading import ClusterSkipped
 from cloudmap_reactor.poller.scanner import HealthPassResult, HealthScanner
 
@@ -35,10 +50,12 @@ class HealthScanIncomplete(RuntimeError):
     """Some clusters could not be read; the rest of each pass was still done."""
 
 
-@metrics.log_metrics
+@publish_metrics
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    if not wiring.policy().enabled:  # the emergency stop: no lease, no read, no write
+        return report_disabled()
     deps = wiring.poller_deps()
     policy = deps.policy
     remaining = context.get_remaining_time_in_millis() / 1000
@@ -90,8 +107,9 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
     """Log and publish one pass at once, so the heartbeat is not held until the invocation ends."""
     if result.lease_elsewhere:
         logger.info("Another poller invocation holds the lease: this pass does nothing")
-        metrics.flush_metrics(raise_on_empty_metrics=False)
+        flush_metrics()
         return
+    log_decision(result.decision)
     report_ledger(result)
     for record in result.decision.invalid_records:
         logger.warning(
@@ -111,16 +129,7 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
     report_deregistrations(result.deregistrations)
     for held in result.fail_open:
         logger.warning(
-            "Fail-open: unhealthy tasks left registered, too few would stay healthy",
-            extra={
-                "cloudmap_service_id": held.cloudmap_service_id,
-                "ecs_service": ",".join(held.service_names),
-                "running_tasks": held.running,
-                "unhealthy_tasks": held.failing,
-                "healthy_registered": held.healthy_registered,
-                "required_healthy": held.required,
-                "healthy_percent_after": round(held.healthy_percent_after, 1),
-            },
+            "Fail-open: unhealthy tasks left registered, too few would stay healthy", extra=guard_fields(held)
         )
     for orphan in result.orphans:
         logger.warning(
@@ -193,7 +202,7 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
             "duration_ms": round(duration_ms, 1),
         },
     )
-    metrics.flush_metrics()
+    flush_metrics()
 
 
 def _report_probes(result: HealthPassResult) -> None:

@@ -28,8 +28,13 @@ from cloudmap_reactor.core.decisions import Hold
 from cloudmap_reactor.core.model import RUNNING
 from cloudmap_reactor.core.ports import AwsCallFailed
 from cloudmap_reactor.events import InvalidEvent, TaskStateChange, parse_task_state_change
-from cloudmap_reactor.handlers.reporting import report_deregistrations, report_ledger_changes
-from cloudmap_reactor.observability import MetricName, count, logger, metrics, traced_phase, tracer
+from cloudmap_reactor.handlers.reporting import (
+    log_decision,
+    report_deregistrations,
+    report_disabled,
+    report_ledger_changes,
+)
+from cloudmap_reactor.observability import MetricName, count, logger, publish_metrics, traced_phase, tracer
 from cloudmap_reactor.poller.reading import read_service
 
 # Kept free at the end of the invocation (of the 30 s timeout): for botocore's connect timeout
@@ -60,6 +65,7 @@ def _started(task: TaskStateChange, deps: wiring.ReactorDeps, context: LambdaCon
             logger.error("Could not read the started task's service", extra={"error": str(exc)})
             raise DeregistrationFailed(f"readiness of {task.task_arn}: {exc}") from exc
         decision = decide_started_task(snapshot, task.task_arn, deps.policy)
+        log_decision(decision)
         acted = deps.actor.apply(decision)
     report_deregistrations(acted.deregistrations)
     report_ledger_changes(acted.ledger, now=time.time())
@@ -80,10 +86,12 @@ class DeregistrationFailed(RuntimeError):
     """Raised so that the event is retried and, failing that, lands in the dead-letter queue."""
 
 
-@metrics.log_metrics
+@publish_metrics
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    if not wiring.policy().enabled:  # the emergency stop: returns (never raises), so the DLQ stays empty
+        return report_disabled()
     deps = wiring.reactor_deps()
     _, _, _, region, account, *_ = context.invoked_function_arn.split(":")
     try:
@@ -113,6 +121,7 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
             count(MetricName.DEREGISTRATION_ERRORS)
             raise DeregistrationFailed(f"ECS service lookup failed for {task.task_arn}: {exc}") from exc
         decision = decide_stop_event(task_arn=task.task_arn, service=service, policy=deps.policy)
+        log_decision(decision)
         with traced_phase("act") as annotate:
             acted = deps.actor.apply(decision)
             annotate("deregistrations", len(acted.deregistrations))
