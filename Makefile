@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(CURDIR)/$(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat requirements-dev.txt functions/requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
+# __init__.py holds the version, which the installed command's metadata carries (`--version`, pip).
+STAMP  := $(VENV)/.installed-$(shell cat requirements-dev.txt functions/requirements.txt pyproject.toml functions/cloudmap_reactor/__init__.py | cksum | cut -d' ' -f1)
 
 # Only what the Lambda functions import: cold-import times are measured in here by `make bench`.
 RUNTIME_VENV := .venv-runtime
