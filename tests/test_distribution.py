@@ -137,7 +137,8 @@ def test_roles_as_deployed_have_the_boundary_only_when_given(boundary: str, expe
         ("", True),
         (BOUNDARY, True),
         ("arn:aws-us-gov:iam::123456789012:policy/path/to/Boundary+1", True),
-        ("arn:aws:iam::aws:policy/AdministratorAccess", False),  # an AWS managed policy is no boundary of yours
+        ("arn:aws:iam::aws:policy/PowerUserAccess", True),  # AWS managed policies may be boundaries too
+        ("arn:aws:iam::12345:policy/short-account", False),
         ("platform-boundary", False),
         ("arn:aws:iam::123456789012:role/x", False),
     ],
