@@ -8,7 +8,6 @@ The last test runs ``sam validate --lint`` (cfn-lint), which needs no AWS accoun
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -20,16 +19,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from samtranslator.parser.parser import Parser
-from samtranslator.translator.translator import Translator
 from samtranslator.yaml_helper import yaml_parse
 
 from cloudmap_reactor import __version__
 from cloudmap_reactor.config import Policy, defaults_by_parameter
 from cloudmap_reactor.core.model import Reason
 from cloudmap_reactor.handlers.reporting import DRY_RUN_REMOVED_MESSAGE, REMOVED_MESSAGE
+from devtools import package
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
@@ -72,25 +69,8 @@ def sam_template() -> dict[str, Json]:
 
 @cache
 def _translated(frozen_params: tuple[tuple[str, str], ...]) -> dict[str, Json]:
-    template = copy.deepcopy(sam_template())
-    # The translator, like CloudFormation, only takes code already uploaded to S3.
-    globals_function = template.get("Globals", {}).get("Function", {})
-    if "CodeUri" in globals_function:
-        globals_function["CodeUri"] = "s3://bucket/functions.zip"
-    for logical_id, resource in template["Resources"].items():
-        properties = resource.get("Properties", {})
-        for key in ("CodeUri", "ContentUri"):
-            if key in properties:
-                properties[key] = f"s3://bucket/{logical_id}.zip"
-
-    def no_managed_policy_names() -> dict[str, str]:
-        raise AssertionError("the template must name managed policies by ARN (no IAM look-up offline)")
-
-    translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name=REGION))
-    translated: dict[str, Json] = translator.translate(
-        template, parameter_values=dict(frozen_params), get_managed_policy_map=no_managed_policy_names
-    )
-    return translated
+    # What `make package` does (the translator, like CloudFormation, takes code in S3 only: placeholders).
+    return package.translate(sam_template(), dict(frozen_params), region=REGION)
 
 
 def translated(params: Params | None = None) -> dict[str, Json]:
