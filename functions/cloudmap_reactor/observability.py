@@ -47,6 +47,8 @@ class MetricName(StrEnum):
     OLDEST_QUARANTINE_SECONDS = "OldestQuarantineSeconds"
     RESTORE_ERRORS = "RestoreErrors"
     TASKS_REPLACED = "TasksReplaced"
+    ACCESS_DENIED = "AccessDenied"  # Reason: the denied operation (the role lacks a permission)
+    CLUSTER_MISSING = "ClusterMissing"  # a configured cluster ECS does not know (once per container)
 
 
 @contextmanager

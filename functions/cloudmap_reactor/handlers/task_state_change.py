@@ -28,7 +28,7 @@ from cloudmap_reactor.core.decisions import Hold
 from cloudmap_reactor.core.model import RUNNING
 from cloudmap_reactor.core.ports import AwsCallFailed
 from cloudmap_reactor.events import InvalidEvent, TaskStateChange, parse_task_state_change
-from cloudmap_reactor.handlers.reporting import report_deregistrations, report_ledger_changes
+from cloudmap_reactor.handlers.reporting import report_denied, report_deregistrations, report_ledger_changes
 from cloudmap_reactor.observability import MetricName, count, logger, metrics, traced_phase, tracer
 from cloudmap_reactor.poller.reading import read_service
 
@@ -51,6 +51,8 @@ def _started(task: TaskStateChange, deps: wiring.ReactorDeps, context: LambdaCon
     at = deadline.now() + context.get_remaining_time_in_millis() / 1000 - DEADLINE_MARGIN_SECONDS
     with deadline.aws_deadline(at):
         try:
+            if _outside_tagged_clusters(task, deps):
+                return {"status": "ignored"}
             service = deps.services.get(task.cluster_arn, task.service_name or "")
             if service is None or not held_until_healthy(service, deps.policy):
                 logger.info("Ignoring a started task: its service is not held until healthy")
@@ -58,6 +60,7 @@ def _started(task: TaskStateChange, deps: wiring.ReactorDeps, context: LambdaCon
             snapshot = read_service(deps.fleet, deps.registry, deps.ledger, service)
         except AwsCallFailed as exc:  # retried by Lambda, then the DLQ; the poller gets to it anyway
             logger.error("Could not read the started task's service", extra={"error": str(exc)})
+            report_denied([str(exc)])
             raise DeregistrationFailed(f"readiness of {task.task_arn}: {exc}") from exc
         decision = decide_started_task(snapshot, task.task_arn, deps.policy)
         acted = deps.actor.apply(decision)
@@ -74,6 +77,14 @@ def _started(task: TaskStateChange, deps: wiring.ReactorDeps, context: LambdaCon
         "outcomes": {d.cloudmap_service_id: d.outcome.value for d in acted.deregistrations},
         "restored": sum(1 for c in acted.ledger if c.error is None and not c.dry_run),
     }
+
+
+def _outside_tagged_clusters(task: TaskStateChange, deps: wiring.ReactorDeps) -> bool:
+    """ClusterTag: an event of a cluster without the tag is not ours (an EventBridge rule cannot match cluster tags)."""
+    if deps.clusters is None or deps.clusters.carries(task.cluster_arn):
+        return False
+    logger.info("Ignoring event: its cluster does not carry CLUSTER_TAG", extra={"hold": "cluster-out-of-scope"})
+    return True
 
 
 class DeregistrationFailed(RuntimeError):
@@ -107,10 +118,13 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     with deadline.aws_deadline(at):
         try:
             with traced_phase("read"):
+                if _outside_tagged_clusters(task, deps):
+                    return {"status": "ignored"}
                 service = deps.services.get(task.cluster_arn, task.service_name or "")
         except AwsCallFailed as exc:  # the ECS service lookup: no deregistration was tried
             logger.error("Could not look up the task's ECS service; nothing deregistered", extra={"error": str(exc)})
             count(MetricName.DEREGISTRATION_ERRORS)
+            report_denied([str(exc)])
             raise DeregistrationFailed(f"ECS service lookup failed for {task.task_arn}: {exc}") from exc
         decision = decide_stop_event(task_arn=task.task_arn, service=service, policy=deps.policy)
         with traced_phase("act") as annotate:
