@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import json
 import textwrap
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -44,7 +45,18 @@ from cloudmap_reactor.handlers import task_state_change
 from devtools.aws_emulator import FleetBuilder
 from devtools.local_lambda import FakeLambdaContext
 from tests.conftest import poll, task_event
-from tests.test_template import ACCOUNT, CLUSTERS, POLLER, REACTOR, REGION, WITH_CLUSTERS, Stack, role_statements
+from tests.test_template import (
+    ACCOUNT,
+    CLUSTERS,
+    POLLER,
+    REACTOR,
+    REGION,
+    WITH_CLUSTERS,
+    Stack,
+    as_deployed,
+    role_of,
+    role_statements,
+)
 
 Json = Any
 Params = Mapping[str, str]
@@ -508,3 +520,45 @@ def test_what_the_functions_call_is_what_the_table_says(
     reactor_made = {action for action, _ in reactor_calls.calls}
     assert "servicediscovery:DeregisterInstance" in reactor_made  # the stopping task is out
     assert ("dynamodb:Query" in reactor_made) is ("ReadinessEvents" in params)
+
+
+# --------------------------------------------------------------------------------------------
+# How many clusters ClusterArns can name (the README's limit)
+# --------------------------------------------------------------------------------------------
+
+CLUSTER_ARNS_LIMIT = 20  # clusters, with names of up to 32 characters (README "Configuration")
+PARAMETER_VALUE_BYTES = 4096  # CloudFormation: a parameter's value
+ENVIRONMENT_BYTES = 4096  # Lambda: all of a function's environment variables together
+ROLE_INLINE_POLICY_CHARS = 10_240  # IAM: a role's inline policies together, whitespace not counted
+
+
+def deployment_sizes(clusters: int, name_length: int = 32) -> dict[str, int]:
+    """Sizes AWS limits, for the largest policies (every feature on) and a realistic table ARN."""
+    names = [f"{'c' * (name_length - 3)}{i:03d}" for i in range(clusters)]
+    arns = ",".join(f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/{name}" for name in names)
+    deployed = stack({**DEPLOYMENTS["everything-on"], "ClusterArns": arns})
+    long_arns = {f"<{r}.Arn>": "x" * 100 for r in ("LedgerTable", "LedgerTableKey", "DeadLetterQueue")}
+    sizes = {"parameter": len(arns)}
+    for function in (REACTOR, POLLER):
+        env = as_deployed(deployed.properties(function)["Environment"]["Variables"])
+        sizes[f"{function} environment"] = sum(len(k) + len(v) for k, v in env.items())
+        text = json.dumps(role_of(deployed, function).get("Policies", []), separators=(",", ":"))
+        for placeholder, value in long_arns.items():
+            text = text.replace(placeholder, value)
+        sizes[f"{function} policies"] = len(text)
+    return sizes
+
+
+def test_cluster_arns_fits_aws_limits_up_to_the_documented_number() -> None:
+    sizes = deployment_sizes(CLUSTER_ARNS_LIMIT)
+    limits = {
+        "parameter": PARAMETER_VALUE_BYTES,
+        **{f"{f} environment": ENVIRONMENT_BYTES for f in (REACTOR, POLLER)},
+        **{f"{f} policies": ROLE_INLINE_POLICY_CHARS for f in (REACTOR, POLLER)},
+    }
+    over = {name: (size, limits[name]) for name, size in sizes.items() if size > limits[name]}
+    assert not over, over
+    # The role's policy is what binds first: each cluster-scoped statement lists every cluster.
+    assert deployment_sizes(2 * CLUSTER_ARNS_LIMIT)[f"{POLLER} policies"] > ROLE_INLINE_POLICY_CHARS
+    readme = (PACKAGE.parent.parent / "README.md").read_text(encoding="utf-8")
+    assert f"up to {CLUSTER_ARNS_LIMIT} clusters" in readme
