@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from cloudmap_reactor import wiring
+from cloudmap_reactor import cli, wiring
 from cloudmap_reactor.adapters.clients import cloudmap_client, ecs_client
 from cloudmap_reactor.adapters.clusters import ClusterDirectory
 from cloudmap_reactor.config import ConfigError, Policy
@@ -193,3 +193,10 @@ def test_event_samples_carry_no_container_health_and_parsing_does_not_need_it(na
     for container in event["detail"]["containers"]:
         container["healthStatus"] = "UNHEALTHY"
     assert parse_task_state_change(event, own_account="123456789012", own_region="us-east-1") == parsed
+
+
+def test_plan_and_doctor_read_the_tagged_clusters_of_a_stack_with_cluster_tag(aws: FleetBuilder) -> None:
+    tagged, _ = aws.create_cluster("prod"), aws.create_cluster("other")
+    tag_cluster(tagged)
+    assert cli._clusters_in_scope(ecs_client(), Policy.from_env({"CLUSTER_TAG": TAG})) == [tagged]
+    assert len(cli._clusters_in_scope(ecs_client(), Policy.from_env({}))) == 2
