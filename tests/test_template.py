@@ -792,19 +792,18 @@ def test_roles_use_no_managed_policies_beyond_logs_and_xray(stack: Stack) -> Non
 ECS_SERVICES = sub("arn:aws:ecs:{region}:{account}:service/*")
 ECS_TASKS = sub("arn:aws:ecs:{region}:{account}:task/*")
 CLOUDMAP_SERVICES = sub("arn:aws:servicediscovery:{region}:{account}:service/*")
-LEDGER_ACTIONS = (
-    "dynamodb:GetItem",
-    "dynamodb:PutItem",
-    "dynamodb:UpdateItem",
-    "dynamodb:DeleteItem",
-    "dynamodb:Query",
-)
+LEDGER_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query")
+REACTOR_LEDGER_ACTIONS = ("dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query")  # no streaks, no lease
 VIA_DYNAMODB = {"StringEquals": {"kms:ViaService": f"dynamodb.{REGION}.amazonaws.com"}}
-LEDGER_GRANTS: dict[str, list[tuple[Json, Json]]] = {
-    **{action: [(f"<{LEDGER}.Arn>", None)] for action in LEDGER_ACTIONS},
+LEDGER_KEY_GRANTS: dict[str, list[tuple[Json, Json]]] = {
     "kms:Decrypt": [(f"<{LEDGER_KEY}.Arn>", VIA_DYNAMODB)],
     "kms:GenerateDataKey": [(f"<{LEDGER_KEY}.Arn>", VIA_DYNAMODB)],
 }
+LEDGER_GRANTS: dict[str, list[tuple[Json, Json]]] = {
+    **{action: [(f"<{LEDGER}.Arn>", None)] for action in LEDGER_ACTIONS},
+    **LEDGER_KEY_GRANTS,
+}
+ONLY_THOSE_CLUSTERS = {"ArnEquals": {"ecs:cluster": list(CLUSTERS)}}
 
 
 def grants(stack: Stack, function: str) -> dict[str, list[tuple[Json, Json]]]:
@@ -818,12 +817,12 @@ def grants(stack: Stack, function: str) -> dict[str, list[tuple[Json, Json]]]:
 
 @pytest.mark.parametrize("params", [{}, WITH_CLUSTERS], ids=["all-clusters", "given-clusters"])
 def test_reactor_permissions(params: Params) -> None:
+    scoped = ONLY_THOSE_CLUSTERS if params else None
     assert grants(Stack(params), REACTOR) == {
-        "ecs:DescribeServices": [(ECS_SERVICES, None)],
+        "ecs:DescribeServices": [(ECS_SERVICES, scoped)],
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetOperation": [("*", None)],  # no resource type: "*" is what IAM accepts
         "sqs:SendMessage": [("<DeadLetterQueue.Arn>", None)],
-        **LEDGER_GRANTS,
     }
 
 
@@ -835,8 +834,14 @@ def test_the_reactor_reads_a_started_tasks_service_only_with_readiness_events() 
     assert granted["ecs:DescribeTasks"] == [(ECS_TASKS, None)]
     assert granted["servicediscovery:ListInstances"] == [(CLOUDMAP_SERVICES, None)]
     assert granted["servicediscovery:RegisterInstance"] == [(CLOUDMAP_SERVICES, None)]
+    # The ledger: records of the tasks it holds out (no streaks, no lease: those are the poller's).
+    assert {a: w for a, w in granted.items() if a.startswith(("dynamodb:", "kms:"))} == {
+        **{action: [(f"<{LEDGER}.Arn>", None)] for action in REACTOR_LEDGER_ACTIONS},
+        **LEDGER_KEY_GRANTS,
+    }
     scoped = grants(Stack({**WITH_CLUSTERS, **readiness}), REACTOR)
-    assert scoped["ecs:ListTasks"] == [("*", {"ArnEquals": {"ecs:cluster": list(CLUSTERS)}})]
+    assert scoped["ecs:ListTasks"] == [("*", ONLY_THOSE_CLUSTERS)]
+    assert scoped["ecs:DescribeTasks"] == [(ECS_TASKS, ONLY_THOSE_CLUSTERS)]
 
 
 def test_poller_permissions_for_every_cluster(stack: Stack) -> None:
@@ -844,39 +849,65 @@ def test_poller_permissions_for_every_cluster(stack: Stack) -> None:
         "ecs:ListClusters": [("*", None)],
         "ecs:ListServices": [("*", None)],
         "ecs:ListTasks": [("*", None)],
-        "ecs:DescribeServices": [(ECS_SERVICES, None)],
-        "ecs:DescribeTasks": [(ECS_TASKS, None)],
+        "ecs:DescribeServices": [([ECS_SERVICES, ECS_TASKS], None)],
+        "ecs:DescribeTasks": [([ECS_SERVICES, ECS_TASKS], None)],
+        "ecs:DescribeTaskDefinition": [("*", None)],  # no resource-level permissions
+        "ecs:UpdateService": [(ECS_SERVICES, TAGGED_FOR_REDEPLOY)],
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetService": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:RegisterInstance": [(CLOUDMAP_SERVICES, None)],
-        "servicediscovery:GetInstance": [(CLOUDMAP_SERVICES, None)],
         **LEDGER_GRANTS,
         "servicediscovery:GetOperation": [("*", None)],
     }
 
 
-def test_poller_may_redeploy_services_only_when_healing_is_on() -> None:
-    assert "ecs:UpdateService" not in grants(Stack({}), POLLER)
-    assert grants(Stack({"RedeployStaleClients": "true"}), POLLER)["ecs:UpdateService"] == [(ECS_SERVICES, None)]
-    assert "ecs:UpdateService" not in grants(Stack({"RedeployStaleClients": "true"}), REACTOR)
+TAGGED_FOR_REDEPLOY = {"StringEqualsIgnoreCase": {"aws:ResourceTag/cloudmap-reactor:redeploy-stale": "true"}}
+
+
+def test_poller_may_redeploy_every_service_only_when_healing_is_on() -> None:
+    # Off: only services tagged cloudmap-reactor:redeploy-stale=true, the only ones it heals then.
+    assert grants(Stack({}), POLLER)["ecs:UpdateService"] == [(ECS_SERVICES, TAGGED_FOR_REDEPLOY)]
+    assert grants(Stack(WITH_CLUSTERS), POLLER)["ecs:UpdateService"] == [
+        (ECS_SERVICES, {**TAGGED_FOR_REDEPLOY, **ONLY_THOSE_CLUSTERS})
+    ]
+    heal_all = {"RedeployStaleClients": "true"}
+    assert grants(Stack(heal_all), POLLER)["ecs:UpdateService"] == [(ECS_SERVICES, None)]
+    assert grants(Stack({**heal_all, **WITH_CLUSTERS}), POLLER)["ecs:UpdateService"] == [
+        (ECS_SERVICES, ONLY_THOSE_CLUSTERS)
+    ]
+    assert "ecs:UpdateService" not in grants(Stack(heal_all), REACTOR)
 
 
 def test_poller_permissions_for_given_clusters(scoped_stack: Stack) -> None:
-    only_those_clusters = {"ArnEquals": {"ecs:cluster": list(CLUSTERS)}}
+    only_those_clusters = ONLY_THOSE_CLUSTERS
     assert grants(scoped_stack, POLLER) == {
         "ecs:ListServices": [("*", only_those_clusters)],
         "ecs:ListTasks": [("*", only_those_clusters)],
-        "ecs:DescribeServices": [(ECS_SERVICES, None)],
-        "ecs:DescribeTasks": [(ECS_TASKS, None)],
+        "ecs:DescribeServices": [([ECS_SERVICES, ECS_TASKS], only_those_clusters)],
+        "ecs:DescribeTasks": [([ECS_SERVICES, ECS_TASKS], only_those_clusters)],
+        "ecs:DescribeTaskDefinition": [("*", None)],
+        "ecs:UpdateService": [(ECS_SERVICES, {**TAGGED_FOR_REDEPLOY, **only_those_clusters})],
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetService": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:RegisterInstance": [(CLOUDMAP_SERVICES, None)],
-        "servicediscovery:GetInstance": [(CLOUDMAP_SERVICES, None)],
         **LEDGER_GRANTS,
         "servicediscovery:GetOperation": [("*", None)],
     }
+
+
+def test_clusters_found_by_tag_are_read_with_describe_clusters() -> None:
+    tagged = {"ClusterTag": "team=payments"}
+    for function in (REACTOR, POLLER):
+        assert "ecs:DescribeClusters" not in grants(Stack({}), function)
+        clusters = f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/*"
+        assert grants(Stack(tagged), function)["ecs:DescribeClusters"] == [(clusters, None)]
+    assert grants(Stack(tagged), POLLER)["ecs:ListClusters"] == [("*", None)]
+    assert "ecs:ListClusters" not in grants(Stack(tagged), REACTOR)
+    for function in (REACTOR, POLLER):
+        env = Stack(tagged).properties(function)["Environment"]["Variables"]
+        assert Policy.from_env(as_deployed(env)).cluster_tag_pair == ("team", "payments")
 
 
 def test_poller_may_stop_tasks_only_when_replacing_quarantined_ones() -> None:
@@ -909,7 +940,8 @@ def route53(grants: Mapping[str, Json]) -> dict[str, Json]:
 def test_route53_only_for_dns_namespaces(params: Params) -> None:
     stack, dns = Stack(params), Stack({**params, "DnsNamespaces": "true"})
     assert route53(grants(stack, REACTOR)) == route53(grants(stack, POLLER)) == {}
-    assert route53(grants(dns, REACTOR)) == DEREGISTER_IN_DNS  # the reactor only deregisters
+    assert route53(grants(dns, REACTOR)) == DEREGISTER_IN_DNS  # without readiness events the reactor only deregisters
+    assert route53(grants(Stack({**params, **READINESS, "DnsNamespaces": "true"}), REACTOR)) == REGISTER_IN_DNS
     assert route53(grants(dns, POLLER)) == REGISTER_IN_DNS  # the poller registers recovered tasks again
     for function in (REACTOR, POLLER):  # nothing else changes
         others = {a: w for a, w in grants(dns, function).items() if not a.startswith("route53:")}
@@ -930,7 +962,12 @@ def test_the_ledger_is_reached_item_by_item_and_only_that_table(params: Params) 
             if action.startswith("kms:"):
                 assert statement["Resource"] == f"<{LEDGER_KEY}.Arn>", logical_id
                 assert statement["Condition"] == VIA_DYNAMODB, logical_id
-    assert len(seen) == 2, "both functions' roles use the ledger"
+    assert seen == {"HealthPollerRole"}, "without readiness events, only the poller's role uses the ledger"
+    readiness = Stack({**params, **READINESS})
+    assert {i for i, s in all_policy_statements(readiness) for a in actions(s) if a.startswith("dynamodb:")} == {
+        "HealthPollerRole",
+        f"{REACTOR}Role",  # SAM's role of the reactor
+    }
 
 
 # --------------------------------------------------------------------------------------------

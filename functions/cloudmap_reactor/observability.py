@@ -59,6 +59,8 @@ class MetricName(StrEnum):
     RESTORE_ERRORS = "RestoreErrors"
     TASKS_REPLACED = "TasksReplaced"
     DISABLED = "Disabled"  # an invocation that did nothing: Enabled=false (the emergency stop)
+    ACCESS_DENIED = "AccessDenied"  # Reason: the denied operation (the role lacks a permission)
+    CLUSTER_MISSING = "ClusterMissing"  # a configured cluster ECS does not know (once per container)
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from cloudmap_reactor.core.probing import ProbeVerdict
 from cloudmap_reactor.handlers.reporting import (
     guard_fields,
     log_decision,
+    report_denied,
     report_deregistrations,
     report_disabled,
     report_ledger,
@@ -40,7 +41,7 @@ from cloudmap_reactor.observability import (
     publish_metrics,
     tracer,
 )
-from cloudmap_reactor.poller.reading import ClusterSkipped
+from cloudmap_reactor.poller.reading import MISSING_CLUSTER, ClusterSkipped
 from cloudmap_reactor.poller.scanner import HealthPassResult, HealthScanner
 
 wiring.policy()  # a bad environment stops the function here, at its cold start, naming the variable
@@ -70,8 +71,9 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     def one_pass() -> None:
         started = time.perf_counter()
         result = scanner.run_pass(deadline=deadline)
+        _report_missing_clusters(result, deps.missing_reported)
         _report_pass(result, duration_ms=(time.perf_counter() - started) * 1000, dry_run=policy.dry_run)
-        failures.extend(result.skipped_clusters)
+        failures.extend(result.unread_clusters)
         totals["tasks_examined"] += result.tasks_examined
         totals["unhealthy_found"] += len(result.unhealthy)
         totals["deregistrations"] += len(result.deregistrations)
@@ -166,12 +168,13 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
             "Could not reconcile or check start order; the rest of the pass went on",
             extra={"cluster_arn": skipped.cluster_arn, "ecs_service": skipped.service_name, "error": skipped.error},
         )
-    for failure in result.skipped_clusters:
+    for failure in result.unread_clusters:
         logger.error(
             "Could not scan cluster",
             extra={"cluster_arn": failure.cluster_arn, "reason": failure.reason, "error": failure.error},
         )
         count_with_reason(MetricName.CLUSTER_SKIPPED, failure.reason)
+    report_denied([f.error for f in result.read_failures] + [f.error for f in result.unread_clusters])
     count(MetricName.UNHEALTHY_TASKS_FOUND, len(result.unhealthy))
     count(MetricName.FAIL_OPEN_ACTIVATED, len(result.fail_open))
     count(MetricName.STALE_DEPENDENCY_TASKS, sum(len(s.stale_tasks) for s in result.stale_clients))
@@ -203,6 +206,27 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
         },
     )
     flush_metrics()
+
+
+def _report_missing_clusters(result: HealthPassResult, reported: set[str]) -> None:
+    """A cluster ECS does not know: a configuration error, logged and counted once per container, then skipped.
+
+    It neither fails the invocation nor withholds the heartbeat (the pass read every cluster that
+    exists), so a cluster deleted while still named in ClusterArns does not page for ever.
+    """
+    for missing in result.skipped_clusters:
+        if missing.reason != MISSING_CLUSTER:
+            continue
+        if missing.cluster_arn in reported:
+            logger.debug("Skipped a missing cluster", extra={"cluster_arn": missing.cluster_arn})
+            continue
+        reported.add(missing.cluster_arn)
+        logger.error(
+            "Configuration error: ECS has no such cluster (deleted, or a wrong ARN in ClusterArns); it is "
+            "skipped, and reported once per container",
+            extra={"cluster_arn": missing.cluster_arn, "error": missing.error},
+        )
+        count(MetricName.CLUSTER_MISSING)
 
 
 def _report_probes(result: HealthPassResult) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
+from cloudmap_reactor.adapters.errors import denied_operation
 from cloudmap_reactor.core.decisions import Action, Decision, Deregister, GuardVerdict, Redeploy
 from cloudmap_reactor.core.model import Deregistration, Outcome
 from cloudmap_reactor.observability import MetricName, count, count_with_reason, logger, metrics
@@ -84,7 +85,7 @@ def report_ledger(result: HealthPassResult) -> None:
     )
 
 
-def report_ledger_changes(changes: Iterable[LedgerChange], *, now: float) -> None:
+def report_ledger_changes(changes: Sequence[LedgerChange], *, now: float) -> None:
     """One log record per quarantined instance registered again, forgotten or replaced; their metrics."""
     restored: Counter[str] = Counter()
     errors = replaced = 0
@@ -114,6 +115,7 @@ def report_ledger_changes(changes: Iterable[LedgerChange], *, now: float) -> Non
             logger.warning("Stopped a task quarantined for failed probes (ECS replaces it)", extra=fields)
         else:
             logger.info("Forgot a quarantined task that ECS is stopping or no longer knows", extra=fields)
+    report_denied(c.error for c in changes if c.error is not None)
     for reason, value in restored.items():
         count_with_reason(MetricName.TASKS_RESTORED, reason, value)
     if errors:
@@ -125,7 +127,23 @@ def report_ledger_changes(changes: Iterable[LedgerChange], *, now: float) -> Non
 _VERB = {Change.RESTORED: "restore", Change.FORGOTTEN: "forget", Change.REPLACED: "stop"}
 
 
-def report_deregistrations(records: Iterable[Deregistration]) -> None:
+def report_denied(errors: Iterable[str]) -> None:
+    """Failures AWS answered with AccessDenied: one error log and one ``AccessDenied`` count per operation.
+
+    A missing permission never heals by retrying, and it hides behind the generic error of the
+    action it stopped: this names it (``Reason``: the operation) so that an alarm can.
+    """
+    denied = Counter(op for error in errors if (op := denied_operation(error)) is not None)
+    for operation, times in sorted(denied.items()):
+        logger.error(
+            "AWS denied an operation: the function's role lacks the permission (template parameters, "
+            "a permissions boundary or an SCP)",
+            extra={"operation": operation, "times": times},
+        )
+        count_with_reason(MetricName.ACCESS_DENIED, operation, times)
+
+
+def report_deregistrations(records: Sequence[Deregistration]) -> None:
     """One log record per attempt (cluster/service/task as keys); metrics aggregated by reason."""
     removed: Counter[str] = Counter()
     dry_run: Counter[str] = Counter()
@@ -157,3 +175,4 @@ def report_deregistrations(records: Iterable[Deregistration]) -> None:
         count_with_reason(MetricName.DRY_RUN_DEREGISTRATIONS, reason, value)
     if errors:
         count(MetricName.DEREGISTRATION_ERRORS, errors)
+        report_denied(r.error for r in records if r.error is not None)

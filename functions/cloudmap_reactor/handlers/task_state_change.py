@@ -30,6 +30,7 @@ from cloudmap_reactor.core.ports import AwsCallFailed
 from cloudmap_reactor.events import InvalidEvent, TaskStateChange, parse_task_state_change
 from cloudmap_reactor.handlers.reporting import (
     log_decision,
+    report_denied,
     report_deregistrations,
     report_disabled,
     report_ledger_changes,
@@ -56,6 +57,8 @@ def _started(task: TaskStateChange, deps: wiring.ReactorDeps, context: LambdaCon
     at = deadline.now() + context.get_remaining_time_in_millis() / 1000 - DEADLINE_MARGIN_SECONDS
     with deadline.aws_deadline(at):
         try:
+            if _outside_tagged_clusters(task, deps):
+                return {"status": "ignored"}
             service = deps.services.get(task.cluster_arn, task.service_name or "")
             if service is None or not held_until_healthy(service, deps.policy):
                 logger.info("Ignoring a started task: its service is not held until healthy")
@@ -63,6 +66,7 @@ def _started(task: TaskStateChange, deps: wiring.ReactorDeps, context: LambdaCon
             snapshot = read_service(deps.fleet, deps.registry, deps.ledger, service)
         except AwsCallFailed as exc:  # retried by Lambda, then the DLQ; the poller gets to it anyway
             logger.error("Could not read the started task's service", extra={"error": str(exc)})
+            report_denied([str(exc)])
             raise DeregistrationFailed(f"readiness of {task.task_arn}: {exc}") from exc
         decision = decide_started_task(snapshot, task.task_arn, deps.policy)
         log_decision(decision)
@@ -80,6 +84,14 @@ def _started(task: TaskStateChange, deps: wiring.ReactorDeps, context: LambdaCon
         "outcomes": {d.cloudmap_service_id: d.outcome.value for d in acted.deregistrations},
         "restored": sum(1 for c in acted.ledger if c.error is None and not c.dry_run),
     }
+
+
+def _outside_tagged_clusters(task: TaskStateChange, deps: wiring.ReactorDeps) -> bool:
+    """ClusterTag: an event of a cluster without the tag is not ours (an EventBridge rule cannot match cluster tags)."""
+    if deps.clusters is None or deps.clusters.carries(task.cluster_arn):
+        return False
+    logger.info("Ignoring event: its cluster does not carry CLUSTER_TAG", extra={"hold": "cluster-out-of-scope"})
+    return True
 
 
 class DeregistrationFailed(RuntimeError):
@@ -104,6 +116,11 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     logger.append_keys(cluster_arn=task.cluster_arn, task_arn=task.task_arn, ecs_service=task.service_name)
     if task.desired_status == RUNNING:  # ReadinessEvents: a task of a service has started
         return _started(task, deps, context)
+    return _stopping(task, deps, context)
+
+
+def _stopping(task: TaskStateChange, deps: wiring.ReactorDeps, context: LambdaContext) -> dict[str, Any]:
+    """ECS decided to stop the task: its instances leave Cloud Map now."""
     held = stop_event_precheck(
         cluster_arn=task.cluster_arn, group=task.group, desired_status=task.desired_status, policy=deps.policy
     )
@@ -115,10 +132,13 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     with deadline.aws_deadline(at):
         try:
             with traced_phase("read"):
+                if _outside_tagged_clusters(task, deps):
+                    return {"status": "ignored"}
                 service = deps.services.get(task.cluster_arn, task.service_name or "")
         except AwsCallFailed as exc:  # the ECS service lookup: no deregistration was tried
             logger.error("Could not look up the task's ECS service; nothing deregistered", extra={"error": str(exc)})
             count(MetricName.DEREGISTRATION_ERRORS)
+            report_denied([str(exc)])
             raise DeregistrationFailed(f"ECS service lookup failed for {task.task_arn}: {exc}") from exc
         decision = decide_stop_event(task_arn=task.task_arn, service=service, policy=deps.policy)
         log_decision(decision)
