@@ -1070,6 +1070,22 @@ ALARMS: dict[str, dict[str, Json]] = {
         **ONE_MINUTE,
         **ABOVE_ZERO,
     },
+    "AccessDeniedAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "AccessDenied",  # the total, without the Reason (operation) dimension
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Sum",
+        **ONE_MINUTE,  # a missing permission never heals by retrying
+        **ABOVE_ZERO,
+    },
+    "ClusterMissingAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "ClusterMissing",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Sum",
+        **ONE_MINUTE,  # counted once per container: a single datapoint is all there is
+        **ABOVE_ZERO,
+    },
 }
 # Someone is needed now only when clients reach tasks that should be out, or nothing is watching.
 PAGES = {"HealthPollerHeartbeatAlarm", "DeregistrationErrorsAlarm"}

@@ -141,6 +141,7 @@ def report_denied(errors: Iterable[str]) -> None:
             extra={"operation": operation, "times": times},
         )
         count_with_reason(MetricName.ACCESS_DENIED, operation, times)
+        count(MetricName.ACCESS_DENIED, times)  # the total, which the AccessDenied alarm watches
 
 
 def report_deregistrations(records: Sequence[Deregistration]) -> None:
