@@ -161,7 +161,7 @@ def test_reports_start_with_account_region_stack_and_what_was_found(
     assert head[1] == "region   us-east-1 (from AWS_REGION)"
     assert head[2] == "stack    none given (--stack NAME)"
     assert head[3] == "settings built-in defaults (no --stack: not a deployed stack's parameters)"
-    assert head[4] == "found    1 ECS cluster(s), every cluster of the region (ListClusters): prod"
+    assert head[4] == "found    1 ECS cluster(s), every cluster of the region: prod"
 
     _, out, _ = run(capsys, command, "--json")
     context = json.loads(out)["context"]
@@ -170,7 +170,7 @@ def test_reports_start_with_account_region_stack_and_what_was_found(
         "region": "us-east-1",
         "region_source": "AWS_REGION",
         "stack": None,
-        "found": ["1 ECS cluster(s), every cluster of the region (ListClusters): prod"],
+        "found": ["1 ECS cluster(s), every cluster of the region: prod"],
     }
     assert context["settings"].startswith("built-in defaults")
 

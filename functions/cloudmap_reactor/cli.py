@@ -48,6 +48,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cloudmap_reactor import __version__, redrive, review, status, undo
 from cloudmap_reactor.adapters.clients import CLIENT_CONFIG
 from cloudmap_reactor.adapters.cloudmap import CloudMapDeregistrar
+from cloudmap_reactor.adapters.clusters import ClusterDirectory
 from cloudmap_reactor.adapters.ecs import EcsReader
 from cloudmap_reactor.adapters.ledger import DynamoDbLedger
 from cloudmap_reactor.config import ConfigError, Policy
@@ -339,12 +340,14 @@ def _read_only_fleet(args: argparse.Namespace) -> ReadOnlyFleet:
     """The poller's reader and ledger over read-only clients, the policy to judge with, and the clusters."""
     context, clients = _start(args)
     policy = policy_of(args, context)
+    tag = policy.cluster_tag_pair
     if args.cluster:
         clusters, source = list(args.cluster), "named with --cluster"
     elif policy.cluster_arns:
         clusters, source = list(policy.cluster_arns), "the stack's ClusterArns"
     else:
-        clusters, source = EcsReader(clients.ecs).list_cluster_arns(), "every cluster of the region (ListClusters)"
+        clusters = _clusters_in_scope(clients.ecs, policy)
+        source = f"those tagged {tag[0]}={tag[1]} (the stack's ClusterTag)" if tag else "every cluster of the region"
     names = ", ".join(c.rsplit("/", 1)[-1] for c in clusters)
     context.found.append(f"{len(clusters)} ECS cluster(s), {source}" + (f": {names}" if names else ""))
     if not clusters:
@@ -363,6 +366,12 @@ def _incomplete(context: Context, skipped: Sequence[Mapping[str, str]], failures
         context.warn(f"{len(skipped)} cluster(s) could not be read: the report leaves them out (see below)")
     if failures:
         context.warn(f"part of {len(failures)} service(s) could not be read: the report is incomplete (see below)")
+
+
+def _clusters_in_scope(ecs: Any, policy: Policy) -> list[str]:
+    """Every cluster of the account and region, or those carrying the stack's ``ClusterTag``."""
+    tag = policy.cluster_tag_pair
+    return ClusterDirectory(ecs, *tag).tagged() if tag else EcsReader(ecs).list_cluster_arns()
 
 
 NO_LEDGER = "quarantine ledger not read (give --stack or --ledger-table): quarantined instances are not shown"
