@@ -96,6 +96,13 @@ doctor: venv  ## Read-only check of your AWS account (your profile/region; ARGS=
 plan: venv  ## What one poller pass would deregister in your account, and why (read-only)
 	$(BIN)/cloudmap-reactor plan $(ARGS)
 
+.PHONY: status undo
+status: venv  ## One screen on the deployed stack: version, switches, quarantine, dead letters, alarms (STACK=name)
+	$(BIN)/cloudmap-reactor status --stack $(or $(STACK),cloudmap-reactor) $(ARGS)
+
+undo: venv  ## Put back what the quarantine took out (STACK=name, ARGS="--since 30m", dry run unless --apply)
+	$(BIN)/cloudmap-reactor undo --stack $(or $(STACK),cloudmap-reactor) $(ARGS)
+
 build: venv  ## sam build (no Docker needed)
 	$(BIN)/sam build
 
