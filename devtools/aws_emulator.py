@@ -140,8 +140,16 @@ def _own_clusters_only(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _list_tasks_by_service(original: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
-    def list_tasks(self: Any, *args: Any, service_name: str | None = None, **kwargs: Any) -> list[Any]:
-        tasks = original(self, *args, **kwargs)
+    def list_tasks(
+        self: Any,
+        cluster_str: str | None = None,
+        container_instance: str | None = None,
+        family: str | None = None,
+        started_by: str | None = None,
+        service_name: str | None = None,  # moto's response passes it by position
+        desired_status: str | None = None,
+    ) -> list[Any]:
+        tasks = original(self, cluster_str, container_instance, family, started_by, None, desired_status)
         if service_name:
             tasks = [t for t in tasks if t.group == f"service:{service_name.split('/')[-1]}"]
         return tasks

@@ -229,17 +229,15 @@ class PassReader:
         A service with none of these has tasks that ECS always reports UNKNOWN: nothing to read.
         """
         managed = read.managed
+        lookups = [TASK_DEFINITION_LOOKUPS_PER_PASS]
+        checked = {name for name, service in sorted(managed.items()) if self._health_checked(service, lookups)}
         if read.reconcile:
             return set(managed)
         held = {r.service_name for r in quarantined}
-        lookups = [TASK_DEFINITION_LOOKUPS_PER_PASS]
-        needed = {
+        needed = checked | {
             name
-            for name, service in sorted(managed.items())
-            if name in read.checks
-            or name in held
-            or held_until_healthy(service, self._policy)
-            or self._health_checked(service, lookups)
+            for name, service in managed.items()
+            if name in read.checks or name in held or held_until_healthy(service, self._policy)
         }
         sids = {sid for name in needed for sid in managed[name].cloudmap_service_ids}
         return needed | {name for name, s in managed.items() if s.cloudmap_service_ids & sids}
