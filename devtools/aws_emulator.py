@@ -140,16 +140,13 @@ def _own_clusters_only(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _list_tasks_by_service(original: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
-    def list_tasks(
-        self: Any,
-        cluster_str: str | None = None,
-        container_instance: str | None = None,
-        family: str | None = None,
-        started_by: str | None = None,
-        service_name: str | None = None,  # moto's response passes it by position
-        desired_status: str | None = None,
-    ) -> list[Any]:
-        tasks = original(self, cluster_str, container_instance, family, started_by, None, desired_status)
+    def list_tasks(self: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        # (cluster, container instance, family, started by, service name, desired status): moto's
+        # response passes them by position.
+        values = list(args) + [None] * (6 - len(args))
+        service_name = kwargs.pop("service_name", None) or values[4]
+        values[4] = None
+        tasks = original(self, *values, **kwargs)
         if service_name:
             tasks = [t for t in tasks if t.group == f"service:{service_name.split('/')[-1]}"]
         return tasks
