@@ -840,6 +840,7 @@ def test_poller_permissions_for_every_cluster(stack: Stack) -> None:
         "ecs:ListTasks": [("*", None)],
         "ecs:DescribeServices": [(ECS_SERVICES, None)],
         "ecs:DescribeTasks": [(ECS_TASKS, None)],
+        "ecs:DescribeTaskDefinition": [("*", None)],  # no resource type: "*" is what IAM accepts
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetService": [(CLOUDMAP_SERVICES, None)],
@@ -863,6 +864,7 @@ def test_poller_permissions_for_given_clusters(scoped_stack: Stack) -> None:
         "ecs:ListTasks": [("*", only_those_clusters)],
         "ecs:DescribeServices": [(ECS_SERVICES, None)],
         "ecs:DescribeTasks": [(ECS_TASKS, None)],
+        "ecs:DescribeTaskDefinition": [("*", None)],  # no resource type: "*" is what IAM accepts
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetService": [(CLOUDMAP_SERVICES, None)],
