@@ -6,10 +6,30 @@ read and acted on. Leaf calls (describe batches, instance listings) run on the c
 never submit further work, so the two bounded pools cannot deadlock. What a service's read
 failure costs is that service's part of the pass (reported), never the cluster's.
 
-In steady state a cluster costs ``ListTasks`` and ``DescribeTasks`` once per 100 tasks each:
-services are described only every ``service_refresh_passes`` passes or when a task of an unknown
-service appears; instances are listed for reconciliation passes and probed services only, and
-for the fail-open guard when it has removals to judge.
+A pass reads only the tasks that can matter (issue #15: ECS's read quota is shared with
+deployments and autoscaling). Per cluster:
+
+* **Which services**: the managed ones (in scope, registered in Cloud Map) whose task states can
+  change a decision this pass: a container health check in a task definition of a current
+  deployment (``DescribeTaskDefinition`` once per revision per container; without one ECS
+  always reports ``UNKNOWN``), an HTTP check, hold-until-healthy, quarantined instances, or a
+  Cloud Map service shared with one of those (the fail-open guard counts every owner's tasks).
+  On reconciliation passes, every managed service.
+* **Which task ids**: those Cloud Map holds for these services (Service Connect registers a task
+  under its id; the instances are listed anyway for probes, reconciliation and the guard), the
+  ledger's quarantined tasks, the instances taken out in this invocation, and the tasks ECS
+  listed running but unregistered last time. Describing them by id also tells reconciliation
+  which registered tasks are stopping or gone (``departed``, ``MISSING``).
+* **ECS's own listing** of the tasks: only when services were just described (the first pass
+  of an invocation, every ``service_refresh_passes``) and on reconciliation passes, by the
+  cheaper of the whole cluster (⌈T/100⌉ pages, and then every task must be described to learn
+  its service) and ``ListTasks(serviceName=...)`` per service that matters (Σ⌈Tₛ/100⌉ pages),
+  sized with DescribeServices' ``runningCount``.
+* **Start order**: a client's tasks are read only while an endpoint it depends on is newer than
+  its oldest deployment (no running task started before its deployment was created).
+
+So a steady pass costs ⌈T_rel/100⌉ ``DescribeTasks`` per cluster and no other ECS read.
+``doctor`` (``list_every_service``) still reads every task and every service's instances.
 """
 
 from __future__ import annotations
