@@ -194,3 +194,37 @@ def test_a_start_order_client_is_read_only_while_an_endpoint_is_newer_than_its_d
 
     assert all("wordpress" not in listed for listed in calls.list_tasks)
     assert all(sizes == [1] for sizes in calls.describe_sizes[1:] if sizes)  # mysql's one task, not the client's
+
+
+def test_the_guard_still_counts_running_tasks_that_cloud_map_does_not_hold(
+    aws: FleetBuilder,
+    window: pytest.MonkeyPatch,
+    lambda_context: FakeLambdaContext,
+    fake_time: FakeTime,
+    read_output: Any,
+) -> None:
+    """4 running tasks, 2 never registered; after the first pass one registered task turns UNHEALTHY.
+
+    Half of the 4 must stay registered and healthy: removing it would leave 1, so it stays. The 2
+    unregistered tasks were seen by the first pass's ECS listing and are still read on later passes.
+    """
+    aws.create_cluster("big")
+    service = aws.create_service("big", "api", discovery_names=["api"])
+    registered = aws.start_tasks(service, 2)
+    aws.start_tasks(service, 2, register_in=[])
+    calls = PassCalls(fake_time)
+    end_of_pass = fake_time.on_sleep
+
+    def sicken() -> None:
+        end_of_pass()
+        aws.set_health(registered[0], "UNHEALTHY")
+
+    fake_time.on_sleep = sicken
+
+    result = poll(lambda_context)
+    calls.finish()
+
+    assert result["passes"] >= 2
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == task_ids(*registered)
+    assert read_output().metrics.value("FailOpenActivated") == result["passes"] - 1
+    assert all(sizes == [4] for sizes in calls.describe_sizes)  # registered and unregistered, every pass
