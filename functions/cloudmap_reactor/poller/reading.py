@@ -35,6 +35,7 @@ So a steady pass costs ⌈T_rel/100⌉ ``DescribeTasks`` per cluster and no othe
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ from cloudmap_reactor.poller.memory import ClusterView, InvocationMemory
 ALL_SERVICES = "*"
 CLUSTER_WIDE = "cluster"  # ClusterRead.listing: ListTasks over the whole cluster
 BY_SERVICE = "services"  # ListTasks(serviceName=...) per service that matters
-TASK_DEFINITION_LOOKUPS_PER_PASS = 20  # DescribeTaskDefinition calls per cluster and pass, at most
+TASK_DEFINITION_LOOKUPS_PER_PASS = 20  # DescribeTaskDefinition calls per pass (all clusters), at most
 TASK_DEFINITION_CACHE = 10_000  # task definitions remembered per container
 T = TypeVar("T")  # a failure that concerns a whole cluster's reconciliation, not one service
 THROTTLING = ("Throttling", "TooManyRequests", "RequestLimitExceeded", "Rate exceeded")
@@ -111,6 +112,8 @@ class PassReader:
         self._cluster_pool = clusters
         self._call_pool = calls
         self._health_checks: dict[str, bool] = {}  # task definition ARN -> any container health check
+        self._lookups_left = 0  # task definitions this pass may still describe
+        self._lookups_lock = threading.Lock()
 
     def close(self) -> None:
         """Let the pools' threads go (a test's new container; Lambda just freezes them)."""
@@ -141,6 +144,8 @@ class PassReader:
 
         ``quarantined``: the ledger's records (their tasks are read though Cloud Map no longer holds them).
         """
+
+        self._lookups_left = TASK_DEFINITION_LOOKUPS_PER_PASS
 
         def one(cluster_arn: str) -> ClusterRead | ClusterSkipped:
             records = [r for r in quarantined if r.cluster_arn == cluster_arn]
@@ -249,8 +254,7 @@ class PassReader:
         A service with none of these has tasks that ECS always reports UNKNOWN: nothing to read.
         """
         managed = read.managed
-        lookups = [TASK_DEFINITION_LOOKUPS_PER_PASS]
-        checked = {name for name, service in sorted(managed.items()) if self._health_checked(service, lookups)}
+        checked = {name for name, service in sorted(managed.items()) if self._health_checked(service)}
         if read.reconcile:
             return set(managed)
         held = {r.service_name for r in quarantined}
@@ -262,11 +266,11 @@ class PassReader:
         sids = {sid for name in needed for sid in managed[name].cloudmap_service_ids}
         return needed | {name for name, s in managed.items() if s.cloudmap_service_ids & sids}
 
-    def _health_checked(self, service: EcsService, lookups: list[int]) -> bool:
+    def _health_checked(self, service: EcsService) -> bool:
         """Whether a task of the service can be UNHEALTHY; True when not known yet (read it, as before).
 
         Task definitions are immutable per revision: each is described once per container, and at
-        most ``TASK_DEFINITION_LOOKUPS_PER_PASS`` per cluster and pass (a cold container with
+        most ``TASK_DEFINITION_LOOKUPS_PER_PASS`` per pass over all clusters (a cold container with
         thousands of services spreads them over passes instead of stalling one).
         """
         if not service.task_definitions:
@@ -274,9 +278,10 @@ class PassReader:
         for arn in service.task_definitions:
             known = self._health_checks.get(arn)
             if known is None:
-                if lookups[0] <= 0:
-                    return True
-                lookups[0] -= 1
+                with self._lookups_lock:
+                    if self._lookups_left <= 0:
+                        return True
+                    self._lookups_left -= 1
                 try:
                     known = self._fleet.container_health_check(arn)
                 except AwsCallFailed as exc:
