@@ -137,8 +137,8 @@ def test_scans_every_cluster_by_default_and_only_the_configured_ones_otherwise(
 def test_first_pass_reads_services_then_each_pass_costs_the_batching_floor(
     aws: FleetBuilder, env: pytest.MonkeyPatch, lambda_context: FakeLambdaContext, fake_time: FakeTime
 ) -> None:
-    """23 services, 250 tasks: services read once, the cluster's 3 pages of ListTasks on the first
-    pass only, 3 DescribeTasks per pass (the task ids of later passes come from Cloud Map)."""
+    """23 services, 250 tasks: services read once, 3 DescribeTasks per pass of the task ids Cloud
+    Map holds; every running task is registered, so ECS lists none."""
     env.setenv("POLL_WINDOW_SECONDS", "40")
     env.setenv("POLL_INTERVAL_SECONDS", "10")
     env.setenv("SERVICE_REFRESH_PASSES", "100")
@@ -165,7 +165,7 @@ def test_first_pass_reads_services_then_each_pass_costs_the_batching_floor(
     assert result["tasks_examined"] == 250 * passes
     assert ecs.counts["ListServices"] == 1  # 23 services fit in one page of 100
     assert sizes["DescribeServices"] == [10, 10, 3]  # first pass only
-    assert ecs.counts["ListTasks"] == 3  # first pass only: the whole cluster, cheaper than 23 services
+    assert ecs.counts["ListTasks"] == 0
     assert sorted(sizes["DescribeTasks"]) == sorted([100, 100, 50] * passes)
     assert cloudmap.counts == {"ListInstances": 23 * passes}  # the task ids; nothing to remove
 

@@ -70,19 +70,27 @@ def window(env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return env
 
 
-def connect_services(aws: FleetBuilder, prefix: str, count: int, tasks: int) -> list[SeededService]:
+def connect_services(
+    aws: FleetBuilder, prefix: str, count: int, tasks: int, *, unregistered: int = 0
+) -> list[SeededService]:
+    """Service Connect services of ``tasks`` tasks each, the last ``unregistered`` of them not in Cloud Map."""
     services = [aws.create_service("big", f"{prefix}-{i}", discovery_names=[f"{prefix}-{i}"]) for i in range(count)]
     for service in services:
-        aws.start_tasks(service, tasks)
+        aws.start_tasks(service, tasks - unregistered)
+        aws.start_tasks(service, unregistered, register_in=[])
     return services
 
 
 def test_a_mixed_cluster_lists_its_cloud_map_services_then_reads_only_their_tasks(
     aws: FleetBuilder, window: pytest.MonkeyPatch, lambda_context: FakeLambdaContext, fake_time: FakeTime
 ) -> None:
-    """1,000 tasks, a tenth in Service Connect services: per-service listing once, then the floor."""
+    """1,000 tasks, a tenth in Service Connect services, one task of each not registered (yet).
+
+    ECS's listing, on the first pass: the whole cluster would cost 10 pages and 10 describes of
+    tasks Cloud Map does not hold; the 10 services short of their runningCount, 10 pages and 1.
+    """
     aws.create_cluster("big")
-    connected = connect_services(aws, "api", 10, 10)
+    connected = connect_services(aws, "api", 10, 10, unregistered=1)
     for i in range(3):  # workers, batch: Cloud Map never sees them
         aws.start_tasks(aws.create_service("big", f"worker-{i}", health_check=i > 0), 300)
     calls = PassCalls(fake_time)
@@ -92,9 +100,8 @@ def test_a_mixed_cluster_lists_its_cloud_map_services_then_reads_only_their_task
 
     assert result["passes"] == len(calls.passes) >= 3
     first, *steady = calls.passes
-    # The whole cluster would cost 10 pages and 10 describes; the 10 Cloud Map services, 10 pages and 1.
     assert sorted(calls.list_tasks[0], key=str) == sorted(s.name for s in connected)
-    assert calls.describe_sizes[0] == [100]
+    assert calls.describe_sizes[0] == [90, 10]  # what Cloud Map holds, then what only ECS listed
     assert first["ListInstances"] == 10
     floor = math.ceil(100 / 100)
     for counts, sizes, listed in zip(steady, calls.describe_sizes[1:], calls.list_tasks[1:], strict=True):
@@ -108,9 +115,13 @@ def test_a_mixed_cluster_lists_its_cloud_map_services_then_reads_only_their_task
 def test_a_service_connect_cluster_is_listed_whole_once_then_reads_the_floor(
     aws: FleetBuilder, window: pytest.MonkeyPatch, lambda_context: FakeLambdaContext, fake_time: FakeTime
 ) -> None:
-    """250 tasks in 5 Service Connect services: the whole cluster (3 pages) is cheaper than 5 listings + 3."""
+    """250 tasks in 5 Service Connect services, one of each not registered (yet).
+
+    ECS's listing, on the first pass: the whole cluster (3 pages and 1 describe of the 5 tasks
+    Cloud Map does not hold) is cheaper than 5 listings and 1 describe.
+    """
     aws.create_cluster("big")
-    connect_services(aws, "api", 5, 50)
+    connect_services(aws, "api", 5, 50, unregistered=1)
     calls = PassCalls(fake_time)
 
     result = poll(lambda_context)
@@ -118,7 +129,7 @@ def test_a_service_connect_cluster_is_listed_whole_once_then_reads_the_floor(
 
     first, *steady = calls.passes
     assert calls.list_tasks[0] == [None, None, None]  # three pages of the whole cluster
-    assert calls.describe_sizes[0] == [100, 100, 50]
+    assert sorted(calls.describe_sizes[0]) == [5, 45, 100, 100]
     assert first["DescribeTaskDefinition"] == 5  # each task definition once per container
     assert steady
     for counts, sizes in zip(steady, calls.describe_sizes[1:], strict=True):
@@ -143,6 +154,7 @@ def test_tasks_without_a_container_health_check_are_read_only_when_something_nee
     calls.finish()
 
     first, *steady = calls.passes
+    assert calls.list_tasks[0] == []  # every running task is registered: nothing for ECS to list
     assert calls.describe_sizes[0] == [7]  # reconciliation: every task of both
     assert first["DescribeTaskDefinition"] == 2
     assert steady
@@ -227,4 +239,5 @@ def test_the_guard_still_counts_running_tasks_that_cloud_map_does_not_hold(
     assert result["passes"] >= 2
     assert aws.instance_ids(service.cloudmap_service_ids[0]) == task_ids(*registered)
     assert read_output().metrics.value("FailOpenActivated") == result["passes"] - 1
-    assert all(sizes == [4] for sizes in calls.describe_sizes)  # registered and unregistered, every pass
+    assert calls.describe_sizes[0] == [2, 2]  # registered, then listed by ECS
+    assert all(sizes == [4] for sizes in calls.describe_sizes[1:])  # both, every later pass

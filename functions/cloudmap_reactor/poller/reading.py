@@ -21,10 +21,10 @@ deployments and autoscaling). Per cluster:
   listed running but unregistered last time. Describing them by id also tells reconciliation
   which registered tasks are stopping or gone (``departed``, ``MISSING``).
 * **ECS's own listing** of the tasks: only when services were just described (the first pass
-  of an invocation, every ``service_refresh_passes``) and on reconciliation passes, by the
-  cheaper of the whole cluster (⌈T/100⌉ pages, and then every task must be described to learn
-  its service) and ``ListTasks(serviceName=...)`` per service that matters (Σ⌈Tₛ/100⌉ pages),
-  sized with DescribeServices' ``runningCount``.
+  of an invocation, every ``service_refresh_passes``) and on reconciliation passes, and only for
+  services that run more tasks (DescribeServices' ``runningCount``) than were found above, by
+  the cheaper of the whole cluster (⌈T/100⌉ pages, and every listed task not found yet must be
+  described to learn its service) and ``ListTasks(serviceName=...)`` per such service.
 * **Start order**: a client's tasks are read only while an endpoint it depends on is newer than
   its oldest deployment (no running task started before its deployment was created).
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -211,14 +212,13 @@ class PassReader:
         needed = self._needing_tasks(read, quarantined)
         self._list_for(read, [read.managed[name] for name in sorted(needed)])
         wanted = self._known_task_ids(read, view, needed, quarantined, memory)
-        # ECS's own listing, for the tasks Cloud Map does not hold: when services were just described
-        # (a new service's tasks), and on reconciliation passes.
-        census = read.reconcile or view.described_on_pass == memory.pass_number
-        if census:
-            wanted |= self._list_tasks(read, view, needed)
-        if read.listing != CLUSTER_WIDE:
-            wanted |= self._start_order_tasks(read, memory)
+        wanted |= self._start_order_tasks(read, memory)
         found = self._fleet.describe_tasks(cluster_arn, sorted(wanted)) if wanted else []
+        # ECS's own listing, for running tasks Cloud Map does not hold: when services were just
+        # described (their runningCount is fresh), and on reconciliation passes.
+        census = read.reconcile or view.described_on_pass == memory.pass_number
+        if census and (more := self._list_tasks(read, view, needed, found) - wanted):
+            found += self._fleet.describe_tasks(cluster_arn, sorted(more))
         read.tasks = [t for t in found if t.desired_status == RUNNING]
         read.departed = {t.task_id: t for t in found if t.desired_status != RUNNING}
         running = {t.task_id for t in read.tasks}
@@ -315,25 +315,32 @@ class PassReader:
         ids |= {i for i, name in view.unregistered.items() if name in needed}
         return {i for i in ids if looks_like_task_id(i)}
 
-    def _list_tasks(self, read: ClusterRead, view: ClusterView, needed: set[str]) -> set[str]:
-        """ECS's listing of the tasks that matter, by the cheaper way (``read.listing`` says which).
+    def _list_tasks(
+        self, read: ClusterRead, view: ClusterView, needed: set[str], found: Sequence[TaskSnapshot]
+    ) -> set[str]:
+        """ECS's listing of running tasks that matter and Cloud Map does not hold, by the cheaper way.
 
-        The whole cluster costs ⌈T/100⌉ pages, and then every listed task must be described to know
-        its service; listing each service that matters costs Σ⌈Tₛ/100⌉ pages and describes only
-        those. Tₛ is the service's ``runningCount``; T is at least the sum over every service, and
-        at least what the cluster listed last time (standalone tasks belong to no service).
+        Only services that run more tasks (``runningCount``) than were found through Cloud Map
+        and the ledger are listed at all (``read.listing`` says how, or is empty). Listing each
+        of them costs Σ⌈Tₛ/100⌉ pages, and describing what is new ⌈(ΣTₛ - found)/100⌉ calls; the
+        whole cluster ⌈T/100⌉ pages, and every listed task not found yet must be described to learn
+        its service. T is at least the sum over every service, and at least what the cluster listed
+        last time (standalone tasks belong to no service).
         """
-        services = [read.managed[name] for name in sorted(needed)]
-        relevant = sum(s.running_count for s in services)
-        total = max(sum(s.running_count for s in read.services.values()), view.tasks_listed, relevant)
-        by_service = sum(_pages(s.running_count) for s in services) + _pages(relevant)
-        if 2 * _pages(total) < by_service:
+        seen: Counter[str] = Counter(t.service_name for t in found if t.desired_status == RUNNING and t.service_name)
+        short = [read.managed[n] for n in sorted(needed) if read.managed[n].running_count > seen[n]]
+        if not short:
+            return set()
+        missing = sum(s.running_count - seen[s.service_name] for s in short)
+        total = max(sum(s.running_count for s in read.services.values()), view.tasks_listed)
+        by_service = sum(_pages(s.running_count) for s in short) + _pages(missing)
+        if _pages(total) + _pages(total - len(found)) < by_service:
             read.listing = CLUSTER_WIDE
             arns = self._fleet.list_task_arns(read.cluster_arn)
             view.tasks_listed = len(arns)
             return {task_id(arn) for arn in arns}
         read.listing = BY_SERVICE
-        return self._list_service_tasks(read, [s.service_name for s in services])
+        return self._list_service_tasks(read, [s.service_name for s in short])
 
     def _start_order_tasks(self, read: ClusterRead, memory: InvocationMemory) -> set[str]:
         """Tasks of start-order clients that may be stale: an endpoint is newer than the client's oldest deployment.
