@@ -38,6 +38,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from cloudmap_reactor import __version__, redrive, review
 from cloudmap_reactor.adapters.clients import CLIENT_CONFIG
+from cloudmap_reactor.adapters.clusters import ClusterDirectory
 from cloudmap_reactor.adapters.ecs import EcsReader
 from cloudmap_reactor.adapters.ledger import DynamoDbLedger
 from cloudmap_reactor.config import ConfigError, Policy
@@ -218,10 +219,16 @@ def _read_only_fleet(args: argparse.Namespace) -> ReadOnlyFleet:
     """The poller's reader and ledger over read-only clients, the policy to judge with, and the clusters."""
     clients = read_only_clients(args.profile, args.region)
     policy = policy_of(args, clients.cloudformation)
-    clusters = args.cluster or list(policy.cluster_arns) or EcsReader(clients.ecs).list_cluster_arns()
+    clusters = args.cluster or list(policy.cluster_arns) or _clusters_in_scope(clients.ecs, policy)
     policy = replace(policy, cluster_arns=tuple(clusters))
     ledger = DynamoDbLedger(clients.dynamodb, policy.ledger_table) if policy.ledger_table else None
     return ReadOnlyFleet(review.reader_for(clients.ecs, clients.cloudmap, policy), policy, clusters, ledger)
+
+
+def _clusters_in_scope(ecs: Any, policy: Policy) -> list[str]:
+    """Every cluster of the account and region, or those carrying the stack's ``ClusterTag``."""
+    tag = policy.cluster_tag_pair
+    return ClusterDirectory(ecs, *tag).tagged() if tag else EcsReader(ecs).list_cluster_arns()
 
 
 NO_LEDGER = "quarantine ledger not read (give --stack or --ledger-table): quarantined instances are not shown"

@@ -16,6 +16,10 @@ class AwsCallFailed(Exception):
     """An AWS call failed after the SDK's own retries (throttling, 5xx, timeouts, access denied)."""
 
 
+class ClusterNotFound(AwsCallFailed):
+    """ECS has no such cluster (deleted, or a wrong ARN in the configuration): retrying cannot help."""
+
+
 class RemovalResult(Enum):
     REMOVED = "removed"
     ALREADY_GONE = "already_gone"

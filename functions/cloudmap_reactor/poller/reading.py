@@ -48,17 +48,24 @@ from cloudmap_reactor.core.decide import held_until_healthy
 from cloudmap_reactor.core.decisions import ClusterSnapshot, QuarantineRecord
 from cloudmap_reactor.core.http_checks import HttpChecks, ProbeProblem
 from cloudmap_reactor.core.model import RUNNING, EcsService, TaskSnapshot, looks_like_task_id, task_id
-from cloudmap_reactor.core.ports import AwsCallFailed, CloudMapRegistry, FleetReader, QuarantineLedger
+from cloudmap_reactor.core.ports import (
+    AwsCallFailed,
+    CloudMapRegistry,
+    ClusterNotFound,
+    FleetReader,
+    QuarantineLedger,
+)
 from cloudmap_reactor.core.probing import HttpCheck
 from cloudmap_reactor.core.start_order import start_order_clients
 from cloudmap_reactor.poller.memory import ClusterView, InvocationMemory
 
-ALL_SERVICES = "*"
+ALL_SERVICES = "*"  # a failure that concerns a whole cluster's reconciliation, not one service
+MISSING_CLUSTER = "Missing"  # a configuration error, reported once: it does not make a pass incomplete
 CLUSTER_WIDE = "cluster"  # ClusterRead.listing: ListTasks over the whole cluster
 BY_SERVICE = "services"  # ListTasks(serviceName=...) per service that matters
 TASK_DEFINITION_LOOKUPS_PER_PASS = 20  # DescribeTaskDefinition calls per pass (all clusters), at most
 TASK_DEFINITION_CACHE = 10_000  # task definitions remembered per container
-T = TypeVar("T")  # a failure that concerns a whole cluster's reconciliation, not one service
+T = TypeVar("T")
 THROTTLING = ("Throttling", "TooManyRequests", "RequestLimitExceeded", "Rate exceeded")
 
 
@@ -67,7 +74,7 @@ class ClusterSkipped:
     """A cluster that could not be read this pass (nothing in it is decided or acted on)."""
 
     cluster_arn: str
-    reason: str  # ``Deadline``, ``Throttled`` or ``Error``: the ClusterSkipped metric's dimension
+    reason: str  # ``Deadline``, ``Throttled``, ``Error`` (the ClusterSkipped metric's dimension) or ``Missing``
     error: str
 
 
@@ -105,8 +112,16 @@ class PassReader:
     """Reads clusters for the poller, ``plan`` and ``doctor`` alike."""
 
     def __init__(
-        self, *, fleet: FleetReader, registry: CloudMapRegistry, policy: Policy, clusters: Executor, calls: Executor
+        self,
+        *,
+        fleet: FleetReader,
+        registry: CloudMapRegistry,
+        policy: Policy,
+        clusters: Executor,
+        calls: Executor,
+        discover_clusters: Callable[[], list[str]] | None = None,
     ) -> None:
+        self._discover_clusters = discover_clusters or fleet.list_cluster_arns  # ClusterTag: the tagged ones
         self._fleet = fleet
         self._registry = registry
         self._policy = policy
@@ -122,12 +137,12 @@ class PassReader:
         self._call_pool.shutdown(wait=False, cancel_futures=True)
 
     def clusters(self, memory: InvocationMemory) -> list[str]:
-        """The configured clusters, or every cluster of the account (listed again every few passes)."""
+        """The configured clusters, or every (tagged) cluster of the account (listed again every few passes)."""
         if self._policy.cluster_arns:
             return list(self._policy.cluster_arns)
         stale = memory.pass_number - memory.clusters_listed_on >= self._policy.service_refresh_passes
         if memory.clusters is None or stale:
-            memory.clusters = self._fleet.list_cluster_arns()
+            memory.clusters = self._discover_clusters()
             memory.clusters_listed_on = memory.pass_number
         return memory.clusters
 
@@ -443,6 +458,8 @@ def _may_be_stale(client: EcsService, endpoints: Mapping[str, str], memory: Invo
 
 
 def _skip_reason(exc: AwsCallFailed) -> str:
+    if isinstance(exc, ClusterNotFound):
+        return MISSING_CLUSTER
     if isinstance(exc, DeadlineExceeded):
         return "Deadline"
     text = f"{exc} {exc.__cause__ or ''}"
