@@ -241,14 +241,14 @@ def _needs() -> list[Need]:
         ),
         Need(poller, "servicediscovery:GetOperation"),
         *(Need(poller, f"dynamodb:{a}", LEDGER) for a in ("Query", "GetItem", "PutItem", "DeleteItem")),
-        # Read path of issue #15 (granted ahead of the call; no resource-level permissions).
+        # Whether a service's tasks have a container health check (no resource-level permissions).
         Need(poller, "ecs:DescribeTaskDefinition"),
     ]
     return needs + [d for n in needs for d in dependent_needs(n)]
 
 
 # Granted before the code calls them (another branch adds the call): allowed to be absent from the code.
-ANTICIPATED = {"ecs:DescribeTaskDefinition"}
+ANTICIPATED: set[str] = set()
 HOSTED_ZONE = "arn:aws:route53:::hostedzone/Z0123456789ABCDEFGHIJ"
 HEALTH_CHECK = "arn:aws:route53:::healthcheck/abcdef01-2345-6789-abcd-ef0123456789"
 # What AWS performs with the caller's rights because of a call (AWS Cloud Map API permissions

@@ -104,6 +104,14 @@ class FleetReader(ServiceDirectory, Protocol):
 
     def describe_tasks(self, cluster_arn: str, task_arns: Iterable[str]) -> list[TaskSnapshot]: ...
 
+    def list_task_arns(self, cluster_arn: str, service_name: str | None = None) -> list[str]:
+        """The tasks of the cluster (or of one of its services) whose desired status is RUNNING, not described."""
+        ...
+
+    def container_health_check(self, task_definition_arn: str) -> bool:
+        """Whether any container of the task definition has a health check."""
+        ...
+
 
 class HttpProber(Protocol):
     def probe(self, targets: Sequence[ProbeTarget]) -> list[ProbeResult]:

@@ -169,7 +169,10 @@ class HealthScanner:
             # Reading stops early enough for acting on the clusters that were read: a hung cluster
             # cannot take the whole pass (and a quarter of a short one at most goes to acting).
             read_by = deadline - min(ACT_RESERVE_SECONDS, max(0.0, deadline - aws_clock.now()) / 4)
-            for read in self._reader.read_clusters(clusters, self.memory, deadline=read_by, http=self._http):
+            found = self._reader.read_clusters(
+                clusters, self.memory, deadline=read_by, http=self._http, quarantined=result.quarantined
+            )
+            for read in found:
                 if isinstance(read, ClusterSkipped):
                     result.skipped_clusters.append(read)
                 else:
