@@ -28,7 +28,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # The names Lambda's advanced logging controls use (and Python's logging accepts WARN and FATAL).
 LOG_LEVEL_ALIASES = {"TRACE": "DEBUG", "WARN": "WARNING", "FATAL": "CRITICAL"}
 _RATE = re.compile(r"^rate\(([1-9][0-9]{0,4}) (minute|minutes|hour|hours|day|days)\)$")
-_CLUSTER_TAG = re.compile(r"^[^=,]{1,128}=[^,]{0,256}$")  # as the template's ClusterTag pattern
+# As the template's ClusterTag pattern: no space around the key or the value (a tag "env " is not "env").
+_CLUSTER_TAG = re.compile(r"^[^=,\s](?:[^=,]{0,126}[^=,\s])?=(?:[^,\s](?:[^,]{0,254}[^,\s])?)?$")
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 _CRON = re.compile(r"^cron\([^()]{9,200}\)$")
 _UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
@@ -256,7 +257,9 @@ def _parse_cluster_arns(raw: str, problems: list[str]) -> tuple[str, ...]:
 def _parse_cluster_tag(text: str, problems: list[str]) -> str:
     if not text or _CLUSTER_TAG.fullmatch(text):
         return text
-    problems.append(f"CLUSTER_TAG={text[:80]!r} must be key=value (an ECS cluster tag, no commas)")
+    problems.append(
+        f"CLUSTER_TAG={text[:80]!r} must be key=value (an ECS cluster tag, no commas, no space around key or value)"
+    )
     return ""
 
 

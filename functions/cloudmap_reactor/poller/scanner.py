@@ -83,6 +83,7 @@ class HealthPassResult:
     quarantined: list[QuarantineRecord] = field(default_factory=list)  # the ledger's records at the pass's start
     ledger_unreadable: int = 0  # stored items that are not records: skipped, never acted on
     lease_elsewhere: bool = False  # another poller invocation holds the lease: this pass did nothing
+    no_cluster_in_scope: bool = False  # ClusterTag matched nothing, or the account/region has no cluster
     now: float = 0.0  # epoch seconds at the pass's start
 
     @property
@@ -110,10 +111,12 @@ class HealthPassResult:
         """Every in-scope cluster was read, and Cloud Map could be read: only then is the heartbeat emitted.
 
         A pass whose every instance listing failed (ListInstances denied, say) checked nothing that
-        depends on Cloud Map, so it does not count as done, even though its ECS reads worked.
+        depends on Cloud Map, so it does not count as done, even though its ECS reads worked. Nor
+        does a pass that found no cluster to look after: a ClusterTag with a typo, or the wrong
+        region, would otherwise look like a healthy fleet.
         """
         cloudmap_unreadable = self.listings > 0 and self.listings_failed == self.listings
-        return not self.unread_clusters and not cloudmap_unreadable and not self.lease_elsewhere
+        return not (self.unread_clusters or cloudmap_unreadable or self.lease_elsewhere or self.no_cluster_in_scope)
 
     @property
     def unread_clusters(self) -> list[ClusterSkipped]:
@@ -160,6 +163,7 @@ class HealthScanner:
                         # Nothing of this pass may act after the lease it holds has expired.
                         deadline = min(deadline, aws_clock.now() + self.hold_lease_for() - LEASE_MARGIN_SECONDS)
                     clusters = self._reader.clusters(self.memory)
+                    result.no_cluster_in_scope = not clusters
                     if self._ledger is not None:
                         result.quarantined, result.ledger_unreadable = self._ledger.quarantined()
             except AwsCallFailed as exc:
