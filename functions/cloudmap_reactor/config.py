@@ -148,7 +148,11 @@ class Policy:
         return schedule_period_seconds(self.poll_schedule)
 
     def in_scope(self, cluster_arn: str) -> bool:
-        """True when the cluster may be one this deployment looks after (with a cluster tag: if it carries it)."""
+        """False when ``ClusterArns`` names other clusters; True otherwise.
+
+        With ``ClusterTag`` this cannot tell (the tag is on the cluster, in ECS): callers that take
+        clusters from events also ask ``adapters.clusters.ClusterDirectory.carries``.
+        """
         return not self.cluster_arns or cluster_arn in self.cluster_arns
 
     @property
