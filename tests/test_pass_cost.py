@@ -247,7 +247,7 @@ def test_the_guard_still_counts_running_tasks_that_cloud_map_does_not_hold(
 
 
 def test_a_service_connect_task_turned_unhealthy_by_its_agent_is_found_on_every_pass(
-    aws: FleetBuilder, window: pytest.MonkeyPatch, lambda_context: FakeLambdaContext
+    aws: FleetBuilder, window: pytest.MonkeyPatch, lambda_context: FakeLambdaContext, fake_time: FakeTime
 ) -> None:
     """No container health check in the task definition, but ECS's Service Connect agent has one.
 
