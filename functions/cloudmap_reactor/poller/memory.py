@@ -36,7 +36,7 @@ class ClusterView:
     services: dict[str, EcsService | None]
     described_on: dict[str, int] = field(default_factory=dict)
     listed_on: int = NEVER
-    urgent: set[str] = field(default_factory=set)  # described first in the next slice (start-order suspects)
+    urgent: set[str] = field(default_factory=set)  # described first in the next slice (a redeployed client)
     # Learnt from the last ECS task listing (``poller.reading``): how many tasks the whole cluster
     # listed (standalone ones included), and the running tasks of services that matter that were
     # not registered in Cloud Map then (task id -> service name), described until they stop.

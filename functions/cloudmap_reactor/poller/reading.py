@@ -20,15 +20,22 @@ deployments and autoscaling). Per cluster:
   ledger's quarantined tasks, the instances taken out in this invocation, and the tasks ECS
   listed running but unregistered last time. Describing them by id also tells reconciliation
   which registered tasks are stopping or gone (``departed``, ``MISSING``).
-* **ECS's own listing** of the tasks: only when services were just described (the first pass
-  of an invocation, every ``service_refresh_passes``) and on reconciliation passes, and only for
-  services that run more tasks (DescribeServices' ``runningCount``) than were found above, by
-  the cheaper of the whole cluster (⌈T/100⌉ pages, and every listed task not found yet must be
-  described to learn its service) and ``ListTasks(serviceName=...)`` per such service.
+* **ECS's own listing** of the tasks: on reconciliation passes for every service that matters,
+  otherwise for those just described by this pass's slice (their ``runningCount`` is fresh),
+  and only for services that run more tasks (DescribeServices' ``runningCount``) than were
+  found above, by the cheaper of the whole cluster (⌈T/100⌉ pages, and every listed task not
+  found yet must be described to learn its service) and ``ListTasks(serviceName=...)`` per such
+  service.
+* **Services** (``_view``): kept per container (``ContainerMemory``), so a warm invocation does
+  not describe them again. A cold container lists and describes a cluster's services at once
+  (⌈S/100⌉ + ⌈S/10⌉ reads); after that each pass spends at most ``Policy.service_refresh_reads``
+  (split between the clusters) on a *refresh cycle*: one ``ListServices`` (new services first,
+  deleted ones dropped), then every service described again, oldest first. Before a running
+  task is acted on, its service is described again unless this pass did (``confirm``).
 * **Start order**: a client's tasks are read only while an endpoint it depends on is newer than
   its oldest deployment (no running task started before its deployment was created).
 
-So a steady pass costs ⌈T_rel/100⌉ ``DescribeTasks`` per cluster and no other ECS read.
+So a steady pass costs ⌈T_rel/100⌉ ``DescribeTasks`` per cluster and the refresh slice.
 ``doctor`` (``list_every_service``) still reads every task and every service's instances.
 """
 
@@ -275,7 +282,7 @@ class PassReader:
         needed = self._needing_tasks(read, quarantined)
         self._list_for(read, [read.managed[name] for name in sorted(needed)])
         wanted = self._known_task_ids(read, view, needed, quarantined, memory)
-        wanted |= self._start_order_tasks(read, view)
+        wanted |= self._start_order_tasks(read)
         found = self._fleet.describe_tasks(cluster_arn, sorted(wanted)) if wanted else []
         # ECS's own listing, for running tasks Cloud Map does not hold: on reconciliation passes
         # for every service that matters, otherwise for those just described (fresh runningCount).
@@ -406,19 +413,17 @@ class PassReader:
         read.listing = BY_SERVICE
         return self._list_service_tasks(read, [s.service_name for s in short])
 
-    def _start_order_tasks(self, read: ClusterRead, view: ClusterView) -> set[str]:
+    def _start_order_tasks(self, read: ClusterRead) -> set[str]:
         """Tasks of start-order clients that may be stale: an endpoint is newer than the client's oldest deployment.
 
         No running task started before its deployment was created, so a client whose deployments
-        all came after every endpoint it depends on has no stale task, and nothing to read. A
-        suspect is described first in the next slice (its deployments decide whether it is healed).
+        all came after every endpoint it depends on has no stale task, and nothing to read.
         """
         clients = start_order_clients(
             read.services.values(), self._policy.tag_scope, every_endpoint=self._policy.stale_check_every_endpoint
         )
         created = self.memory.created
         suspects = [client.service_name for client, endpoints in clients if _may_be_stale(client, endpoints, created)]
-        view.urgent.update(suspects)
         return self._list_service_tasks(read, suspects) if suspects else set()
 
     def _list_service_tasks(self, read: ClusterRead, names: Sequence[str]) -> set[str]:
