@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -19,6 +20,9 @@ import pytest
 from cloudmap_reactor import wiring
 from cloudmap_reactor.adapters.clients import ecs_client
 from cloudmap_reactor.config import Policy
+from cloudmap_reactor.core.model import EcsService
+from cloudmap_reactor.poller.memory import ClusterView
+from cloudmap_reactor.poller.reading import refresh_cycle_passes
 from devtools.aws_emulator import FleetBuilder, SeededService
 from devtools.local_lambda import FakeLambdaContext
 from tests.conftest import FakeTime, poll, task_ids
@@ -26,7 +30,7 @@ from tests.test_pass_cost import PassCalls
 
 SLICE = 2  # ECS reads per pass for refreshing services
 SERVICES = 46  # 5 api-*, 40 worker-*, and the one each test adds (or ``spare``)
-CYCLE = 1 + math.ceil((SERVICES - 10 * (SLICE - 1)) / (10 * SLICE))  # passes: the listing pass, then 20 a pass
+CYCLE = refresh_cycle_passes(SERVICES, SLICE)  # the listing and 10 services, 20, 16: 3 passes
 SERVICE_READS = ("ListServices", "DescribeServices")
 
 
@@ -84,6 +88,9 @@ def service_reads(counts: object) -> int:
 
 def test_the_slice_is_a_share_of_the_passs_read_budget(sliced: pytest.MonkeyPatch) -> None:
     assert Policy.from_env().service_refresh_reads == SLICE
+    assert CYCLE == 3
+    assert refresh_cycle_passes(2_500, 20) == 14  # 25 pages and 10 services, then 200 a pass
+    assert refresh_cycle_passes(60, 20, every=6) == 6  # small clusters: every SERVICE_REFRESH_PASSES
     assert Policy().service_refresh_reads == 20  # 0.2 of 10 reads/s x 10 s
     assert Policy(ecs_reads_per_second=2, service_refresh_share=0.01).service_refresh_reads == 1  # never 0
 
@@ -105,7 +112,6 @@ def test_a_warm_invocation_reads_its_slice_of_services_and_a_cold_one_reads_them
     # The cycles go on through the second invocation: its first pass (4) describes 16, not 46.
     assert [c["ListServices"] for c in calls.passes] == [1, 1, 0, 0, 1, 0]  # a listing every CYCLE passes
     assert [sum(calls.describe_sizes[n]) for n in range(6)] == [20] * 6  # the tasks: 20 every pass
-    assert CYCLE == 3
 
     wiring.reset()  # a new container knows nothing: it describes every service once
     calls = Passes(fake_time)
@@ -228,3 +234,24 @@ def test_a_deleted_service_is_dropped_at_the_next_listing(
     view = next(iter(wiring.poller_deps().reader.memory.views.values()))
     assert "spare" not in view.services
     assert len(view.described()) == SERVICES - 1
+
+
+def test_a_view_describes_urgent_then_new_then_oldest_services_and_drops_what_is_no_longer_listed() -> None:
+    def service(name: str) -> EcsService:
+        return EcsService(cluster_arn="c", service_name=name, service_arn=f"arn/{name}")
+
+    view = ClusterView({})
+    view.relist(["a", "b", "c"], 1)
+    assert view.due() == ["a", "b", "c"]
+    view.update(["a", "b", "c"], [service("a"), service("b")], 1)  # ECS no longer knows c
+    assert view.due() == []
+    assert set(view.described()) == {"a", "b"}
+    view.update(["b"], [service("b")], 2)
+    view.relist(["a", "b", "d"], 3)  # c deleted, d new
+    assert view.due() == ["d", "a", "b"]  # never described, then the oldest
+    view.urgent.add("b")  # a client just redeployed
+    assert view.due() == ["b", "d", "a"]
+    view.update(["b", "d"], [service("b"), replace(service("d"), active=False)], 3)  # d deleted (INACTIVE)
+    assert view.due() == ["a"]
+    assert set(view.described()) == {"a", "b"}
+    assert view.fresh(3) == {"b"}

@@ -524,6 +524,19 @@ def _pages(tasks: int) -> int:
     return max(1, math.ceil(tasks / 100))
 
 
+def refresh_cycle_passes(services: int, reads: int, every: int = 1) -> int:
+    """Passes one refresh cycle of a warm cluster takes: a new service is described within this many.
+
+    ``reads``: the cluster's slice (``Policy.service_refresh_reads`` / clusters); ``every``:
+    ``service_refresh_passes``. The listing pass spends ⌈S/100⌉ reads on ``ListServices`` and
+    describes what is left of its slice (at least 10 services, new ones first); every later pass
+    describes ``10 x reads``, until all ⌈S/10⌉ calls are made.
+    """
+    calls = math.ceil(services / DESCRIBE_SERVICES_BATCH)
+    first = max(1, reads - _pages(services))
+    return max(every, 1 + math.ceil(max(0, calls - first) / max(1, reads)))
+
+
 def _service_name(arn_or_name: str) -> str:
     """``arn:aws:ecs:…:service/cluster/name`` (or the old ``service/name``) → ``name``."""
     return arn_or_name.rsplit("/", 1)[-1]
