@@ -35,15 +35,14 @@ SERVICE_READS = ("ListServices", "DescribeServices")
 
 
 @pytest.fixture
-def sliced(env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """Three passes per invocation; a new cycle as soon as the last ended; reconciled on each first pass."""
-    env.setenv("POLL_WINDOW_SECONDS", "40")
-    env.setenv("POLL_INTERVAL_SECONDS", "10")
-    env.setenv("SERVICE_REFRESH_PASSES", "1")
-    env.setenv("SERVICE_REFRESH_SHARE", "0.02")
-    env.setenv("RECONCILE_EVERY_PASSES", "100")
-    env.setenv("ECS_READS_PER_SECOND", "0")  # counts, not waits (the share is then of 10 reads/s)
-    return env
+def sliced(window: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Three passes per invocation; a new cycle as soon as the last ended; reconciled on each first pass.
+
+    No read budget (counts, not waits): the share is then of 10 reads/s.
+    """
+    window.setenv("SERVICE_REFRESH_PASSES", "1")
+    window.setenv("SERVICE_REFRESH_SHARE", "0.02")
+    return window
 
 
 def fleet(aws: FleetBuilder, env: pytest.MonkeyPatch, *, spare: bool = True) -> list[SeededService]:
@@ -145,42 +144,53 @@ def test_a_new_services_unhealthy_task_is_found_within_one_cycle(
     assert gone_after == [2 + CYCLE]
 
 
-def test_service_connect_turned_on_is_seen_within_one_cycle(
-    aws: FleetBuilder, sliced: pytest.MonkeyPatch, lambda_context: FakeLambdaContext, fake_time: FakeTime
-) -> None:
-    """``zz-late`` (last in name order: the last slice of a cycle) gets Service Connect after pass 1."""
-    fleet(aws, sliced, spare=False)
+def turn_on_service_connect(aws: FleetBuilder) -> Callable[[], SeededService]:
+    """``zz-late`` runs without Service Connect; the change turns it on (its tasks get registered)."""
     late = aws.create_service("big", "zz-late")
-    sick, well = aws.start_tasks(late, 2)
-    seen: list[int] = []
+    aws.start_tasks(late, 2)
 
-    def watch(n: int) -> None:
-        if n == 1:
-            aws.turn_on_service_connect(late, ["late"])
-            aws.set_health(sick, "UNHEALTHY")
-        elif not seen and aws.instance_ids(late.cloudmap_service_ids[0]) == task_ids(well):
-            seen.append(n)
+    def change() -> SeededService:
+        aws.turn_on_service_connect(late, ["late"])
+        return late
 
-    Passes(fake_time, watch).poll(lambda_context, invocations=2)
-
-    assert seen == [1 + CYCLE]  # the cycle of passes 2-4 describes it last
+    return change
 
 
-def test_a_tag_change_is_seen_within_one_cycle(
-    aws: FleetBuilder, sliced: pytest.MonkeyPatch, lambda_context: FakeLambdaContext, fake_time: FakeTime
-) -> None:
-    """``zz-quiet`` is ignored (tag) with an UNHEALTHY task; the tag is removed after pass 1."""
-    fleet(aws, sliced, spare=False)
+def untag_ignore(aws: FleetBuilder) -> Callable[[], SeededService]:
+    """``zz-quiet`` is registered but ignored (tag); the change removes the tag."""
     quiet = aws.create_service("big", "zz-quiet", discovery_names=["quiet"], tags={"cloudmap-reactor:ignore": "true"})
-    sick, well = aws.start_tasks(quiet, 2)
-    aws.set_health(sick, "UNHEALTHY")
+    aws.start_tasks(quiet, 2)
+
+    def change() -> SeededService:
+        aws.ecs.untag_resource(resourceArn=quiet.arn, tagKeys=["cloudmap-reactor:ignore"])
+        return quiet
+
+    return change
+
+
+@pytest.mark.parametrize("seed", [turn_on_service_connect, untag_ignore])
+def test_a_change_of_a_service_is_seen_within_one_cycle(
+    aws: FleetBuilder,
+    sliced: pytest.MonkeyPatch,
+    lambda_context: FakeLambdaContext,
+    fake_time: FakeTime,
+    seed: Callable[[FleetBuilder], Callable[[], SeededService]],
+) -> None:
+    """After pass 1 the service changes and its first task turns UNHEALTHY.
+
+    Named ``zz-…``, it is described in the last slice of the cycle of passes 2-4, and not before:
+    a pass has nothing to confirm for a service it does not manage.
+    """
+    fleet(aws, sliced, spare=False)
+    change = seed(aws)
+    changed: list[SeededService] = []
     seen: list[int] = []
 
     def watch(n: int) -> None:
         if n == 1:
-            assert aws.instance_ids(quiet.cloudmap_service_ids[0]) == task_ids(sick, well)  # ignored: left alone
-            aws.ecs.untag_resource(resourceArn=quiet.arn, tagKeys=["cloudmap-reactor:ignore"])
-        elif not seen and aws.instance_ids(quiet.cloudmap_service_ids[0]) == task_ids(well):
+            changed.append(change())
+            aws.set_health(changed[0].task_arns[0], "UNHEALTHY")
+        elif not seen and aws.instance_ids(changed[0].cloudmap_service_ids[0]) == task_ids(changed[0].task_arns[1]):
             seen.append(n)
 
     Passes(fake_time, watch).poll(lambda_context, invocations=2)
