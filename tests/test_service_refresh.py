@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from moto.ecs import models as ecs_models
 
 from cloudmap_reactor import wiring
 from cloudmap_reactor.adapters.clients import ecs_client
@@ -265,3 +266,43 @@ def test_a_view_describes_urgent_then_new_then_oldest_services_and_drops_what_is
     assert view.due() == ["a"]
     assert set(view.described()) == {"a", "b"}
     assert view.fresh(3) == {"b"}
+
+
+def test_a_slice_that_cannot_be_described_is_reported_and_the_pass_goes_on_with_the_older_view(
+    aws: FleetBuilder,
+    sliced: pytest.MonkeyPatch,
+    lambda_context: FakeLambdaContext,
+    fake_time: FakeTime,
+    mocker: Any,
+    read_output: Any,
+) -> None:
+    """From pass 2 on, ECS fails to describe ``zz-bad`` (last slice of the cycle, pass 4).
+
+    Pass 4 is read and acted on with the older view (an UNHEALTHY task of ``api-0`` leaves), the
+    failed call is logged, and the cycle is not stuck: the next one starts on pass 5 and asks
+    for ``zz-bad`` and the 9 services of its call again, first (the oldest views), on pass 6.
+    """
+    api = fleet(aws, sliced, spare=False)
+    aws.create_service("big", "zz-bad")
+    backend = ecs_models.EC2ContainerServiceBackend
+    original = backend.describe_services
+
+    def failing(self: Any, cluster_str: str, names: list[str]) -> Any:
+        services, failures = original(self, cluster_str, names)
+        bad = [s for s in services if s.name == "zz-bad"]
+        failures += [{"arn": s.arn, "reason": "INTERNAL"} for s in bad]
+        return [s for s in services if s not in bad], failures
+
+    def watch(n: int) -> None:
+        if n == 1:
+            mocker.patch.object(backend, "describe_services", failing)
+        if n == 3:
+            aws.set_health(api[0].task_arns[0], "UNHEALTHY")
+
+    calls = Passes(fake_time, watch)
+    calls.poll(lambda_context, invocations=2)
+
+    assert aws.instance_ids(api[0].cloudmap_service_ids[0]) == task_ids(*api[0].task_arns[1:])  # on pass 4
+    errors = [m for m in read_output().messages("ERROR") if "Could not reconcile" in m]
+    assert len(errors) == 2  # on passes 4 and 6: one call of 10 services each time
+    assert [c["ListServices"] for c in calls.passes] == [1, 1, 0, 0, 1, 0]

@@ -37,6 +37,7 @@ class ClusterView:
     described_on: dict[str, int] = field(default_factory=dict)
     listed_on: int = NEVER
     urgent: set[str] = field(default_factory=set)  # described first in the next slice (a redeployed client)
+    deferred: set[str] = field(default_factory=set)  # their slice failed: described again next cycle
     # Learnt from the last ECS task listing (``poller.reading``): how many tasks the whole cluster
     # listed (standalone ones included), and the running tasks of services that matter that were
     # not registered in Cloud Map then (task id -> service name), described until they stop.
@@ -56,7 +57,11 @@ class ClusterView:
 
     def due(self) -> list[str]:
         """Services not described since the last listing: urgent ones, then never described, then the oldest."""
-        late = [n for n, on in self.described_on.items() if on < self.listed_on or on == NEVER or n in self.urgent]
+        late = [
+            n
+            for n, on in self.described_on.items()
+            if (on < self.listed_on or on == NEVER or n in self.urgent) and n not in self.deferred
+        ]
         return sorted(late, key=lambda name: (name not in self.urgent, self.described_on[name], name))
 
     def relist(self, names: Iterable[str], pass_number: int) -> None:
@@ -67,12 +72,14 @@ class ClusterView:
         for name in listed - set(self.described_on):
             self.described_on[name] = NEVER
         self.listed_on = pass_number
+        self.deferred.clear()
 
     def update(self, names: Iterable[str], found: Iterable[EcsService], pass_number: int) -> None:
         """``names`` were just described; those not in ``found`` no longer exist (or were deleted)."""
         by_name = {s.service_name: s for s in found}
         for name in names:
             self.urgent.discard(name)
+            self.deferred.discard(name)
             if name in by_name and by_name[name].active:
                 self.services[name] = by_name[name]
                 self.described_on[name] = pass_number
@@ -84,6 +91,7 @@ class ClusterView:
         self.services.pop(name, None)
         self.described_on.pop(name, None)
         self.urgent.discard(name)
+        self.deferred.discard(name)
 
 
 @dataclass

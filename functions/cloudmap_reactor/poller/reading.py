@@ -266,9 +266,10 @@ class PassReader:
         *,
         allowance: int,
     ) -> ClusterRead:
-        view, described = self._view(cluster_arn, allowance)
+        view, described, failures = self._view(cluster_arn, allowance)
         read = ClusterRead(cluster_arn, view.described(), view.managed(self._policy.tag_scope))
         read.services_described = described
+        read.failures.extend(failures)
         if list_every_service:
             return self._read_everything(read, view)
         if not read.managed:
@@ -434,37 +435,53 @@ class PassReader:
         read.failures.extend(ServiceReadFailure(read.cluster_arn, name, str(e)) for name, e in failed.items())
         return {task_id(arn) for arns in listed.values() for arn in arns}
 
-    def _view(self, cluster_arn: str, allowance: int) -> tuple[ClusterView, int]:
+    def _view(self, cluster_arn: str, allowance: int) -> tuple[ClusterView, int, list[ServiceReadFailure]]:
         """The cluster's services, refreshed by one slice of ``allowance`` ECS reads (all of them when cold).
 
         A refresh cycle lists the services (⌈S/100⌉ pages) and then describes each (10 a call)
         over the next passes, services never described first, then the oldest; a new cycle starts
         when the last one ended and ``service_refresh_passes`` passed since it started. A cluster
         without a view (a cold container, a new cluster) is listed and described whole at once:
-        nothing about it is known. Returns the view and how many services were described.
+        nothing about it is known, and a failure skips the cluster. A warm view is used as it is
+        when part of its slice fails (actions still confirm their services): each failed call is
+        reported, and its 10 services wait for the next cycle, so one failing service cannot
+        stall the cycle. Returns the view, how many services were described, and the failures.
         """
         now = self.memory.pass_number
         view = self.memory.views.get(cluster_arn)
-        reads = allowance
         if view is None:
-            names = self._fleet.list_service_arns(cluster_arn)
             view = ClusterView({})
-            view.relist((_service_name(arn) for arn in names), now)
+            view.relist(map(_service_name, self._fleet.list_service_arns(cluster_arn)), now)
             due = view.due()
-            reads = math.ceil(len(due) / DESCRIBE_SERVICES_BATCH)
-        else:
-            due = view.due()
-            if not due and now - view.listed_on >= self._policy.service_refresh_passes:
+            view.update(due, self._fleet.describe_services(cluster_arn, due) if due else [], now)
+            self.memory.views[cluster_arn] = view
+            return view, len(due), []
+        reads = allowance
+        if not view.due() and now - view.listed_on >= self._policy.service_refresh_passes:
+            try:
                 names = self._fleet.list_service_arns(cluster_arn)
-                reads -= _pages(len(names))
-                view.relist((_service_name(arn) for arn in names), now)
-                due = view.due()
+            except AwsCallFailed as exc:
+                if isinstance(exc, DeadlineExceeded | ClusterNotFound):
+                    raise
+                return view, 0, [ServiceReadFailure(cluster_arn, ALL_SERVICES, f"listing services: {exc}")]
+            reads -= _pages(len(names))
+            view.relist(map(_service_name, names), now)
         # At least one call when anything is due, so a small allowance still moves the cycle on.
-        batch = due[: max(1, reads) * DESCRIBE_SERVICES_BATCH]
-        if batch:
-            view.update(batch, self._fleet.describe_services(cluster_arn, batch), now)
-        self.memory.views[cluster_arn] = view
-        return view, len(batch)
+        batch = view.due()[: max(1, reads) * DESCRIBE_SERVICES_BATCH]
+        calls = {str(i): batch[i : i + DESCRIBE_SERVICES_BATCH] for i in range(0, len(batch), DESCRIBE_SERVICES_BATCH)}
+        found, failed = self._concurrently(
+            lambda key: self._fleet.describe_services(cluster_arn, calls[key]), list(calls)
+        )
+        if late := next((e for e in failed.values() if isinstance(e, DeadlineExceeded | ClusterNotFound)), None):
+            raise late
+        for key, services in found.items():
+            view.update(calls[key], services, now)
+        failures: list[ServiceReadFailure] = []
+        for key, error in failed.items():
+            view.deferred.update(calls[key])
+            what = f"describing services {calls[key][0]} to {calls[key][-1]}"
+            failures.append(ServiceReadFailure(cluster_arn, ALL_SERVICES, f"{what}: {error}"))
+        return view, sum(len(calls[key]) for key in found), failures
 
     def _list_for(self, read: ClusterRead, services: Iterable[EcsService]) -> None:
         wanted = {sid: s.service_name for s in services for sid in s.cloudmap_service_ids}
