@@ -25,6 +25,8 @@ _NUMBER = re.compile(r"^[0-9]{1,6}(?:\.[0-9]{1,6})?$")  # ASCII only; no sign, e
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The names Lambda's advanced logging controls use (and Python's logging accepts WARN and FATAL).
+LOG_LEVEL_ALIASES = {"TRACE": "DEBUG", "WARN": "WARNING", "FATAL": "CRITICAL"}
 _RATE = re.compile(r"^rate\(([1-9][0-9]{0,4}) (minute|minutes|hour|hours|day|days)\)$")
 _CLUSTER_TAG = re.compile(r"^[^=,]{1,128}=[^,]{0,256}$")  # as the template's ClusterTag pattern
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
@@ -221,8 +223,9 @@ def log_level_setting(env: Mapping[str, str]) -> tuple[str, str]:
 
 
 def valid_log_level(text: str) -> str | None:
-    """The level named by ``text`` (any case), or None when it names none."""
+    """The level named by ``text`` (any case; Lambda's TRACE, WARN and FATAL too), or None when it names none."""
     level = text.strip().upper() or "INFO"
+    level = LOG_LEVEL_ALIASES.get(level, level)
     return level if level in LOG_LEVELS else None
 
 

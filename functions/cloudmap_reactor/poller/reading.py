@@ -341,11 +341,15 @@ class PassReader:
     def _health_checked(self, service: EcsService) -> bool:
         """Whether a task of the service can be UNHEALTHY; True when not known yet (read it, as before).
 
+        A Service Connect service always can: ECS adds its Service Connect agent to every task as
+        an essential container with a health check of its own, which the task definition does not
+        show, and a failing agent makes the task UNHEALTHY. Only classic service discovery
+        (``serviceRegistries``) tasks with no container health check are UNKNOWN for ever.
         Task definitions are immutable per revision: each is described once per container, and at
         most ``TASK_DEFINITION_LOOKUPS_PER_PASS`` per pass over all clusters (a cold container with
         thousands of services spreads them over passes instead of stalling one).
         """
-        if not service.task_definitions:
+        if service.service_connect or not service.task_definitions:
             return True
         for arn in service.task_definitions:
             known = self._health_checks.get(arn)
