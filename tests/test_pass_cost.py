@@ -59,17 +59,6 @@ class PassCalls:
         return sum(counts[op] for op in ECS_READS)
 
 
-@pytest.fixture
-def window(env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """Four passes in one invocation; services refreshed and reconciled on the first pass only; no read budget."""
-    env.setenv("POLL_WINDOW_SECONDS", "40")
-    env.setenv("POLL_INTERVAL_SECONDS", "10")
-    env.setenv("SERVICE_REFRESH_PASSES", "100")
-    env.setenv("RECONCILE_EVERY_PASSES", "100")
-    env.setenv("ECS_READS_PER_SECOND", "0")  # counts, not waits
-    return env
-
-
 def connect_services(
     aws: FleetBuilder, prefix: str, count: int, tasks: int, *, unregistered: int = 0
 ) -> list[SeededService]:

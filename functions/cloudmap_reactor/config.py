@@ -33,6 +33,7 @@ _CLUSTER_TAG = re.compile(r"^[^=,\s](?:[^=,]{0,126}[^=,\s])?=(?:[^,\s](?:[^,]{0,
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 _CRON = re.compile(r"^cron\([^()]{9,200}\)$")
 _UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+DEFAULT_ECS_READS_PER_SECOND = 10.0
 
 
 class ConfigError(ValueError):
@@ -75,9 +76,19 @@ class Policy:
     poll_schedule: str = _setting("rate(1 minute)", "POLL_SCHEDULE", "PollSchedule")
     poll_interval_seconds: float = _setting(10.0, "POLL_INTERVAL_SECONDS", "PollIntervalSeconds", low=1, high=300)
     poll_window_seconds: float | None = _setting(None, "POLL_WINDOW_SECONDS", "PollWindowSeconds", low=0, high=900)
+    # A new refresh cycle of a cluster's services (ListServices, then each service described
+    # again, oldest first) starts at most every this many passes (and only when the last one ended).
     service_refresh_passes: int = _setting(6, "SERVICE_REFRESH_PASSES", low=1, high=10_000, integer=True)
+    # The share of a pass's ECS read budget (EcsReadsPerSecond x PollIntervalSeconds) spent on
+    # refreshing services (see ``service_refresh_reads``).
+    service_refresh_share: float = _setting(0.2, "SERVICE_REFRESH_SHARE", "ServiceRefreshShare", low=0.01, high=1)
     ecs_reads_per_second: float = _setting(
-        10.0, "ECS_READS_PER_SECOND", "EcsReadsPerSecond", low=0, high=1000, zero_or_at_least=0.5
+        DEFAULT_ECS_READS_PER_SECOND,
+        "ECS_READS_PER_SECOND",
+        "EcsReadsPerSecond",
+        low=0,
+        high=1000,
+        zero_or_at_least=0.5,
     )
     scan_concurrency: int = _setting(8, "SCAN_CONCURRENCY", low=1, high=64, integer=True)
     # Who may leave, and when
@@ -146,6 +157,16 @@ class Policy:
     def poll_schedule_seconds(self) -> float | None:
         """Period of a ``rate(...)`` schedule; None for ``cron(...)``."""
         return schedule_period_seconds(self.poll_schedule)
+
+    @property
+    def service_refresh_reads(self) -> int:
+        """ECS reads a pass may spend refreshing services, over all clusters (at least one).
+
+        ``service_refresh_share`` of what the read budget allows in one interval; with no budget
+        (``ecs_reads_per_second`` 0), of what the default budget would (10 reads/s).
+        """
+        rate = self.ecs_reads_per_second or DEFAULT_ECS_READS_PER_SECOND
+        return max(1, int(self.service_refresh_share * rate * self.poll_interval_seconds))
 
     def in_scope(self, cluster_arn: str) -> bool:
         """False when ``ClusterArns`` names other clusters; True otherwise.
