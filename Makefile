@@ -74,7 +74,7 @@ validate: venv  ## sam validate --lint (cfn-lint) on template.yaml
 
 test: lint typecheck unit validate  ## Everything CI runs
 
-demo: venv  ## Replay events/ and one poll through the real handlers against a local emulator
+demo: venv  ## Replay events/, then three poller invocations, through the real handlers against a local emulator
 	$(BIN)/python -m devtools.demo
 
 demo-server: venv  ## Seed the local emulator on 127.0.0.1:5000 and keep it up for sam local invoke

@@ -5,7 +5,7 @@ Layout (handler -> core -> adapters):
 * ``handlers``  thin Lambda entry points: parse input, call the core, emit metrics.
 * ``core``      the decisions (which task leaves, dry run); plain Python, no AWS, no Lambda.
 * ``adapters``  one small class per AWS API family (ECS reads, Cloud Map writes).
-* ``config``    environment variables parsed once into a typed ``Settings``.
+* ``config``    environment variables parsed once into a typed ``Policy`` (the only home of defaults).
 * ``observability``  the one Logger, Tracer and Metrics of the application.
 """
 

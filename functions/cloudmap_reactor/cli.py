@@ -252,7 +252,9 @@ def _read_only_options() -> argparse.ArgumentParser:
     options.add_argument(
         "--min-healthy-percent", help="fail-open guard (default: the stack's with --stack, else the policy's, 50)"
     )
-    options.add_argument("--tag-scope", choices=[s.value for s in TagScope], help="default: the policy's, opt-out")
+    options.add_argument(
+        "--tag-scope", choices=[s.value for s in TagScope], help="default: the stack's with --stack, else opt-out"
+    )
     options.add_argument("--all-endpoints", action="store_true", help="start order: every endpoint is a dependency")
     return options
 
