@@ -255,18 +255,22 @@ class FleetBuilder:
         namespace: str = "internal",
         tags: dict[str, str] | None = None,
         service_connect: bool | None = None,
+        health_check: bool = False,
     ) -> SeededService:
         """An ECS service. ``discovery_names``: Service Connect on, one Cloud Map service each.
+
+        ``health_check``: its task definition's container has a ``healthCheck`` (as a task whose
+        ``healthStatus`` ECS reports HEALTHY or UNHEALTHY has).
 
         ``registry_names``: classic service discovery (``serviceRegistries``), one Cloud Map service each;
         ``shared_registry_ids``: existing Cloud Map services to register in too (blue/green services share one).
         ``service_connect=True`` without discovery names: a Service Connect client only (say, WordPress).
         """
         family = f"{name}-td"
-        self.ecs.register_task_definition(
-            family=family,
-            containerDefinitions=[{"name": "app", "image": "public.ecr.aws/nginx/nginx:latest", "memory": 128}],
-        )
+        container: dict[str, Any] = {"name": "app", "image": "public.ecr.aws/nginx/nginx:latest", "memory": 128}
+        if health_check:
+            container["healthCheck"] = {"command": ["CMD-SHELL", "curl -f http://localhost/ || exit 1"]}
+        self.ecs.register_task_definition(family=family, containerDefinitions=[container])  # type: ignore[list-item]
         registry_ids = [self.create_cloudmap_service(namespace, registry) for registry in registry_names]
         registry_ids += list(shared_registry_ids)
         arn = self.ecs.create_service(
@@ -446,8 +450,7 @@ class FleetBuilder:
         return str(task.task_arn)
 
     def _task(self, task_arn: str) -> Any:
-        for tasks in self._backend().tasks.values():
-            for arn, task in tasks.items():
-                if arn == task_arn:
-                    return task
+        for tasks in self._backend().tasks.values():  # per cluster, by ARN: seeding 50k tasks stays linear
+            if task_arn in tasks:
+                return tasks[task_arn]
         raise KeyError(task_arn)
