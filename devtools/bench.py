@@ -75,7 +75,7 @@ FLEETS = (FleetSpec(1_000), FleetSpec(5_000), FleetSpec(10_000), FleetSpec(50_00
 FLIPS = 24  # detection (and restore) samples per kind, on the smallest and the largest fleet
 RESTORE_SAMPLES = 24  # per kind (ECS health, HTTP probes), on the smallest fleet
 FLIP_VICTIMS = 6  # tasks of each kind cycling between sick and healthy at once
-FLIP_LIMIT_SECONDS = 150.0  # one wait longer than this ends that victim's cycles
+FLIP_LIMIT_SECONDS = 90.0  # one wait longer than this (9 intervals) ends that victim's cycles
 LEASE_SECONDS = 31.0  # the poller's lease (3 intervals, at least 30 s), which a stopped worker leaves held
 
 

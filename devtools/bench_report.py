@@ -268,8 +268,8 @@ def _flip_latency(flips: FlipLatency) -> list[str]:
         "",
         f"A worker runs the real poller handler on the production schedule: an invocation every "
         f"{RESTORE_SCHEDULE_SECONDS:g} s in one warm container, each running a pass every {POLL_INTERVAL:g} s "
-        f"until 10 s before the next (passes at 0, 10, 20, 30 and 40 s of each minute), over the "
-        f"{flips.spec.label}-task cluster with the default ECS read budget ({DEFAULT_BUDGET}/s) and the ledger"
+        f"until 10 s before the next (passes at 0, 10, 20, 30 and 40 s of each minute), over the cluster of "
+        f"{flips.spec.label} tasks with the default ECS read budget ({DEFAULT_BUDGET}/s) and the ledger"
         f"{', HTTP probes on' if 'HTTP probes' in flips.detected else ''}. {flips.victims} tasks (each of another "
         "service) cycle at once, each on its own thread: at a random moment (0-"
         f"{POLL_INTERVAL:g} s after the last change) made sick and timed until Cloud Map no longer lists it "
