@@ -150,12 +150,15 @@ def render(
         "(ECS and Cloud Map: the listing may be either) over the floor. First pass also lists and describes "
         "the services (kept for the rest of the invocation). Budget: unlimited (`ECS_READS_PER_SECOND=0`) and "
         f"the default ({DEFAULT_BUDGET}/s, ECS reads only); fits: the steady pass at the default budget takes "
-        f"less than `PollIntervalSeconds` ({POLL_INTERVAL:g} s).",
+        f"less than `PollIntervalSeconds` ({POLL_INTERVAL:g} s). Worker CPU: the measured process's CPU time "
+        "over the steady passes (every thread: calls, parsing, decisions) per 100 tasks read, on this machine "
+        "while the emulator shares its cores.",
         "",
         "| fleet (tasks) | services (in Cloud Map) | T_rel | floor: DescribeTasks + listing | first pass ECS reads "
         "| steady ECS reads | steady Cloud Map calls | steady / floor | first pass s | steady pass s "
-        f"| steady pass s at {DEFAULT_BUDGET} reads/s | fits in {POLL_INTERVAL:g} s | peak RSS MB |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        f"| steady pass s at {DEFAULT_BUDGET} reads/s | fits in {POLL_INTERVAL:g} s | worker CPU ms per 100 tasks read "
+        "| peak RSS MB |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for spec, scan in scans.items():
         first, *steady = scan["unlimited"]["passes"]
@@ -170,7 +173,7 @@ def render(
             f"| {floor.calls:,} = {floor.describe:,} + {floor.listing:,} {floor.listing_by} "
             f"| {first['ecs_calls']:,} | {ecs:,.4g} | {cloudmap:,.4g} | {(ecs + cloudmap) / floor.calls:.2f} "
             f"| {first['seconds']:.2f} | {statistics.mean(p['seconds'] for p in steady):.2f} | {budget_s} | {fits} "
-            f"| {scan['unlimited']['peak_rss_mb']:.0f} |"
+            f"| {_cpu_per_100(steady)} | {scan['unlimited']['peak_rss_mb']:.0f} |"
         )
     lines += [
         "",
@@ -302,6 +305,14 @@ def _flip_latency(flips: FlipLatency) -> list[str]:
         "more pass for probes' returns). p99 of a couple of dozen samples is close to their maximum.",
     ]
     return lines
+
+
+def _cpu_per_100(steady: list[dict[str, Any]]) -> str:
+    """The worker's process CPU over a steady pass (every call, parse and decision) per 100 tasks it read."""
+    tasks = sum(p["tasks"] for p in steady)
+    if not tasks or "cpu_seconds" not in steady[0]:
+        return "n/a"
+    return f"{sum(p['cpu_seconds'] for p in steady) * 1000 / tasks * 100:.1f}"
 
 
 def _fits(budget_pass: dict[str, Any]) -> str:
