@@ -37,6 +37,7 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import random
 import socket
 import statistics
@@ -317,15 +318,7 @@ def measure_and_report(args: argparse.Namespace) -> int:
             print("Reactor warm path …", flush=True)
             reactor = _reactor(endpoint, fleets[0], latency)
             started = time.monotonic()
-            flips = []
-            for index, fleet in enumerate({f.tasks: f for f in (fleets[0], fleets[-1])}.values()):
-                if index:
-                    time.sleep(LEASE_SECONDS)  # the last worker was stopped mid-invocation: its lease expires
-                smallest = fleet is fleets[0]
-                samples = args.flips if not smallest else max(args.flips, args.restore_samples)
-                print(f"Detection and restore latency over {fleet.spec.label} tasks ({samples} flips) …", flush=True)
-                warmup = scans[fleet.spec]["budget"]["passes"][0]["seconds"] + 5
-                flips.append(_flip_latency(endpoint, fleet, builder, latency, samples, http=smallest, warmup=warmup))
+            flips = _flips(args, endpoint, fleets, scans, builder, latency)
             timing["detection and restore"] = time.monotonic() - started
         finally:
             server.stop()
@@ -333,12 +326,36 @@ def measure_and_report(args: argparse.Namespace) -> int:
     imports = import_times(args.runtime_python)
     timing["total"] = time.monotonic() - began
 
+    measured = {"scans": scans, "reactor": reactor, "imports": imports, "flips": flips, "cpu": cpu, "timing": timing}
+    (Path(tempfile.gettempdir()) / "cloudmap-reactor-bench.pickle").write_bytes(pickle.dumps(measured))  # re-render
     report = render(args, scans, reactor, imports, flips=flips, cpu=cpu, timing=timing, note=args.note)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks.md").write_text(report)
     plot(scans, args.out / "benchmarks.png", args.latency_ms)
     print(report)
     return 0
+
+
+def _flips(
+    args: argparse.Namespace,
+    endpoint: str,
+    fleets: list[Fleet],
+    scans: dict[FleetSpec, dict[str, Any]],
+    builder: FleetBuilder,
+    latency: float,
+) -> list[FlipLatency]:
+    """Detection and restore latency on the smallest fleet (with HTTP probes) and on the largest."""
+    flips = []
+    for index, fleet in enumerate({f.tasks: f for f in (fleets[0], fleets[-1])}.values()):
+        if index:
+            time.sleep(LEASE_SECONDS)  # the last worker was stopped mid-invocation: its lease expires
+        smallest = fleet is fleets[0]
+        samples = args.flips if not smallest else max(args.flips, args.restore_samples)
+        print(f"Detection and restore latency over {fleet.spec.label} tasks ({samples} flips) …", flush=True)
+        warmup = scans[fleet.spec]["budget"]["passes"][0]["seconds"] + 5
+        flips.append(_flip_latency(endpoint, fleet, builder, latency, samples, http=smallest, warmup=warmup))
+        print(f"  detected {flips[-1].detected}, timeouts {flips[-1].timeouts}", flush=True)
+    return flips
 
 
 def run_worker_plain(command: list[str]) -> Any:
