@@ -318,7 +318,7 @@ def measure_and_report(args: argparse.Namespace) -> int:
             print("Reactor warm path …", flush=True)
             reactor = _reactor(endpoint, fleets[0], latency)
             started = time.monotonic()
-            flips = _flips(args, endpoint, fleets, scans, builder, latency)
+            flips = _flips(args, endpoint, fleets, scans, builder, latency=latency)
             timing["detection and restore"] = time.monotonic() - started
         finally:
             server.stop()
@@ -342,6 +342,7 @@ def _flips(
     fleets: list[Fleet],
     scans: dict[FleetSpec, dict[str, Any]],
     builder: FleetBuilder,
+    *,
     latency: float,
 ) -> list[FlipLatency]:
     """Detection and restore latency on the smallest fleet (with HTTP probes) and on the largest."""
