@@ -152,11 +152,13 @@ def render(
         f"the default ({DEFAULT_BUDGET}/s, ECS reads only); fits: the steady pass at the default budget takes "
         f"less than `PollIntervalSeconds` ({POLL_INTERVAL:g} s). Worker CPU: the measured process's CPU time "
         "over the steady passes (every thread: calls, parsing, decisions) per 100 tasks read, on this machine "
-        "while the emulator shares its cores.",
+        "while the emulator shares its cores; once with botocore's full ECS model (as before "
+        "`adapters/trimmed_model.py`), once with the trimmed one, both at unlimited budget.",
         "",
         "| fleet (tasks) | services (in Cloud Map) | T_rel | floor: DescribeTasks + listing | first pass ECS reads "
         "| steady ECS reads | steady Cloud Map calls | steady / floor | first pass s | steady pass s "
-        f"| steady pass s at {DEFAULT_BUDGET} reads/s | fits in {POLL_INTERVAL:g} s | worker CPU ms per 100 tasks read "
+        f"| steady pass s at {DEFAULT_BUDGET} reads/s | fits in {POLL_INTERVAL:g} s "
+        "| worker CPU ms per 100 tasks read: full model → trimmed "
         "| peak RSS MB |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
@@ -173,7 +175,8 @@ def render(
             f"| {floor.calls:,} = {floor.describe:,} + {floor.listing:,} {floor.listing_by} "
             f"| {first['ecs_calls']:,} | {ecs:,.4g} | {cloudmap:,.4g} | {(ecs + cloudmap) / floor.calls:.2f} "
             f"| {first['seconds']:.2f} | {statistics.mean(p['seconds'] for p in steady):.2f} | {budget_s} | {fits} "
-            f"| {_cpu_per_100(steady)} | {scan['unlimited']['peak_rss_mb']:.0f} |"
+            f"| {_cpu_per_100(scan.get('full model'))} → {_cpu_per_100(scan['unlimited'])} "
+            f"| {scan['unlimited']['peak_rss_mb']:.0f} |"
         )
     lines += [
         "",
@@ -307,8 +310,11 @@ def _flip_latency(flips: FlipLatency) -> list[str]:
     return lines
 
 
-def _cpu_per_100(steady: list[dict[str, Any]]) -> str:
-    """The worker's process CPU over a steady pass (every call, parse and decision) per 100 tasks it read."""
+def _cpu_per_100(worker: dict[str, Any] | None) -> str:
+    """The worker's process CPU over its steady passes (every call, parse and decision) per 100 tasks it read."""
+    if worker is None:
+        return "n/a"
+    steady = worker["passes"][1:]
     tasks = sum(p["tasks"] for p in steady)
     if not tasks or "cpu_seconds" not in steady[0]:
         return "n/a"
