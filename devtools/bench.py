@@ -68,6 +68,7 @@ from devtools.bench_report import (
     TASKS_PER_SERVICE,
     UNHEALTHY_PER_CLUSTER,
     FleetSpec,
+    FlipLatency,
     plot,
     render,
 )
@@ -266,20 +267,6 @@ def import_times(python: str, repeats: int = 9) -> dict[str, dict[str, float]]:
             if round_:  # the first round only warms the bytecode caches
                 results[name].append(float(done.stdout))
     return {name: {"min": min(times), "median": statistics.median(times)} for name, times in results.items()}
-
-
-@dataclass
-class FlipLatency:
-    """Seconds from "sick" to "out of Cloud Map" and from "healthy again" to "registered again", per kind of health."""
-
-    spec: FleetSpec
-    victims: int  # cycling at once
-    detected: dict[str, list[float]]  # "ECS health" | "HTTP probes" -> seconds
-    restored: dict[str, list[float]]
-    attributes_changed: int  # returns whose Cloud Map attributes differed from the original ones
-    timeouts: int  # waits that did not complete within the limit
-    warmup_seconds: float
-    limit_seconds: float
 
 
 def measure_and_report(args: argparse.Namespace) -> int:

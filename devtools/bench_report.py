@@ -10,10 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from devtools.bench import FlipLatency
+from typing import Any
 
 TASKS_PER_SERVICE = 20
 UNHEALTHY_PER_CLUSTER = 3
@@ -118,6 +115,20 @@ def _pages(items: int) -> int:
     return max(1, -(-items // PAGE))
 
 
+@dataclass
+class FlipLatency:  # in this module so that a pickled one loads when the bench ran as __main__
+    """Seconds from "sick" to "out of Cloud Map" and from "healthy again" to "registered again", per kind of health."""
+
+    spec: FleetSpec
+    victims: int  # cycling at once
+    detected: dict[str, list[float]]  # "ECS health" | "HTTP probes" -> seconds
+    restored: dict[str, list[float]]
+    attributes_changed: int  # returns whose Cloud Map attributes differed from the original ones
+    timeouts: int  # waits that did not complete within the limit
+    warmup_seconds: float
+    limit_seconds: float
+
+
 def render(
     args: argparse.Namespace,
     scans: dict[FleetSpec, dict[str, Any]],
@@ -162,22 +173,35 @@ def render(
         "| peak RSS MB |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
+    incomplete = False
     for spec, scan in scans.items():
         first, *steady = scan["unlimited"]["passes"]
         budget_steady = scan["budget"]["passes"][-1] if scan.get("budget") else None
         floor = pass_floor([spec.shape()])
         ecs = statistics.mean(p["ecs_calls"] for p in steady)
         cloudmap = statistics.mean(p["cloudmap_calls"] for p in steady)
-        budget_s = f"{budget_steady['seconds']:.2f}" if budget_steady else "n/a"
+        cut = "" if all(p.get("complete", True) for p in steady) else " *"
+        budget_s = f"{budget_steady['seconds']:.2f}{_cut(budget_steady)}" if budget_steady else "n/a"
         fits = "n/a" if budget_steady is None else _fits(budget_steady)
+        incomplete = incomplete or bool(cut) or any(not p.get("complete", True) for p in scan["budget"]["passes"])
         lines.append(
-            f"| {spec.label} | {spec.services:,} ({first['services']:,}) | {floor.t_rel:,} "
+            f"| {spec.label} | {spec.services:,} ({len(spec.shape().relevant):,}) | {floor.t_rel:,} "
             f"| {floor.calls:,} = {floor.describe:,} + {floor.listing:,} {floor.listing_by} "
-            f"| {first['ecs_calls']:,} | {ecs:,.4g} | {cloudmap:,.4g} | {(ecs + cloudmap) / floor.calls:.2f} "
-            f"| {first['seconds']:.2f} | {statistics.mean(p['seconds'] for p in steady):.2f} | {budget_s} | {fits} "
+            f"| {first['ecs_calls']:,}{_cut(first)} | {ecs:,.4g}{cut} | {cloudmap:,.4g}{cut} "
+            f"| {'≥ ' if cut else ''}{(ecs + cloudmap) / floor.calls:.2f}{cut} | {first['seconds']:.2f}{_cut(first)} "
+            f"| {statistics.mean(p['seconds'] for p in steady):.2f}{cut} | {budget_s} | {fits} "
             f"| {_cpu_per_100(scan.get('full model'))} → {_cpu_per_100(scan['unlimited'])} "
             f"| {scan['unlimited']['peak_rss_mb']:.0f} |"
         )
+    if incomplete:
+        lines += [
+            "",
+            "\\* Incomplete: the pass ran out of time and skipped the cluster (nothing in it decided or acted on); "
+            "the calls are those made until then. A pass's reads stop about 23 s after it starts: its deadline "
+            "is the lease it holds (3 intervals, at least 30 s) less a 2 s margin, and reading leaves time for "
+            "acting. CPU per 100 "
+            "tasks is not given for incomplete passes (no task counted as read).",
+        ]
     lines += [
         "",
         "Steady calls by operation: "
@@ -281,9 +305,15 @@ def _flip_latency(flips: FlipLatency) -> list[str]:
         f"{POLL_INTERVAL:g} s after the last change) made sick and timed until Cloud Map no longer lists it "
         "(detection), then at another random moment made healthy again and timed until Cloud Map lists it again "
         "(restore); Cloud Map is read straight from the emulator every 20 ms, from outside the worker. ECS "
-        "health: UNHEALTHY, then HEALTHY. HTTP probes: the task's server on 127.0.0.1 answers 500, then 200 (back "
-        "after `PROBE_HEALTHY_THRESHOLD` = 2 successful probes; `PROBE_FAILURE_THRESHOLD=1` here only so that it "
-        "leaves within one pass). The victims start once the worker's first pass is over "
+        "health: UNHEALTHY, then HEALTHY. "
+        + (
+            "HTTP probes: the task's server on 127.0.0.1 answers 500, then 200 (back after "
+            "`PROBE_HEALTHY_THRESHOLD` = 2 successful probes; `PROBE_FAILURE_THRESHOLD=1` here only so that it "
+            "leaves within one pass). "
+            if "HTTP probes" in flips.detected
+            else ""
+        )
+        + "The victims start once the worker's first pass is over "
         f"(after {flips.warmup_seconds:.0f} s); a wait longer than {flips.limit_seconds:g} s ends that victim's "
         "cycles (a timeout).",
         "",
@@ -319,6 +349,10 @@ def _cpu_per_100(worker: dict[str, Any] | None) -> str:
     if not tasks or "cpu_seconds" not in steady[0]:
         return "n/a"
     return f"{sum(p['cpu_seconds'] for p in steady) * 1000 / tasks * 100:.1f}"
+
+
+def _cut(one_pass: dict[str, Any]) -> str:
+    return "" if one_pass.get("complete", True) else " *"
 
 
 def _fits(budget_pass: dict[str, Any]) -> str:
