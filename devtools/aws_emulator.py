@@ -28,6 +28,15 @@ gap the way AWS behaves, without touching our code under test:
    per ``GetOperation``; without it moto's behaviour (at once ``SUCCESS``, the shape AWS uses for
    a finished operation) is kept.
 
+8. ``DescribeServices`` answers the ``runningCount`` of the environment variable
+   ``MOTO_ECS_SERVICE_RUNNING`` (0), whatever runs: ``aws_like_ecs`` answers, as ECS does, the
+   number of the service's tasks that are ``RUNNING`` (``group`` ``service:<name>``).
+9. A task definition has no container health check unless registered with one, as in AWS; a
+   task's ``healthStatus`` can only leave ``UNKNOWN`` with one. ``FleetBuilder.create_service``
+   registers its task definition with a container ``healthCheck`` unless ``health_check=False``.
+   A task never starts before its service's deployment was created: ``start_tasks`` with an
+   earlier ``started_at`` moves the deployments' ``createdAt`` back to it.
+
 Everything else goes through the real AWS APIs (boto3 against moto): clusters, task definitions,
 ``RunTask`` with ``group="service:<name>"`` (what the ECS scheduler does for a service's tasks),
 Cloud Map namespaces, services and ``RegisterInstance`` under the task id (what Service Connect
@@ -131,8 +140,13 @@ def _own_clusters_only(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _list_tasks_by_service(original: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
-    def list_tasks(self: Any, *args: Any, service_name: str | None = None, **kwargs: Any) -> list[Any]:
-        tasks = original(self, *args, **kwargs)
+    def list_tasks(self: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        # (cluster, container instance, family, started by, service name, desired status): moto's
+        # response passes them by position.
+        values = list(args) + [None] * (6 - len(args))
+        service_name = kwargs.pop("service_name", None) or values[4]
+        values[4] = None
+        tasks = original(self, *values, **kwargs)
         if service_name:
             tasks = [t for t in tasks if t.group == f"service:{service_name.split('/')[-1]}"]
         return tasks
@@ -155,7 +169,12 @@ def _at_most_10_services(original: Callable[..., Any]) -> Callable[..., Any]:
     def describe_services(self: Any, cluster_str: str, names: list[str]) -> Any:
         if len(names) > MAX_DESCRIBE_SERVICES:
             raise InvalidParameterException(f"Services can have at most {MAX_DESCRIBE_SERVICES} items.")
-        return original(self, cluster_str, names)
+        services, failures = original(self, cluster_str, names)
+        for service in services:  # gap 8: runningCount counts the service's RUNNING tasks
+            tasks = self.tasks.get(service.cluster_name, {}).values()
+            group = f"service:{service.name}"
+            service.running_count = sum(1 for t in tasks if t.group == group and t.last_status == "RUNNING")
+        return services, failures
 
     return describe_services
 
@@ -255,16 +274,14 @@ class FleetBuilder:
         namespace: str = "internal",
         tags: dict[str, str] | None = None,
         service_connect: bool | None = None,
-        health_check: bool = False,
+        health_check: bool = True,
     ) -> SeededService:
         """An ECS service. ``discovery_names``: Service Connect on, one Cloud Map service each.
-
-        ``health_check``: its task definition's container has a ``healthCheck`` (as a task whose
-        ``healthStatus`` ECS reports HEALTHY or UNHEALTHY has).
 
         ``registry_names``: classic service discovery (``serviceRegistries``), one Cloud Map service each;
         ``shared_registry_ids``: existing Cloud Map services to register in too (blue/green services share one).
         ``service_connect=True`` without discovery names: a Service Connect client only (say, WordPress).
+        ``health_check=False``: no container health check, so ECS reports its tasks ``UNKNOWN`` (gap 9).
         """
         family = f"{name}-td"
         container: dict[str, Any] = {"name": "app", "image": "public.ecr.aws/nginx/nginx:latest", "memory": 128}
@@ -340,6 +357,11 @@ class FleetBuilder:
         arns = [t["taskArn"] for t in tasks]
         for index, wanted_id in enumerate(task_ids[:count]):
             arns[index] = self._rename_task(arns[index], wanted_id)
+        if started_at is not None:  # gap 9: its deployment existed before the task started
+            for deployment in self._deployments(service.cluster_arn, service.name):
+                created = deployment.get("createdAt")
+                if isinstance(created, datetime) and created.replace(tzinfo=created.tzinfo or UTC) > started_at:
+                    deployment["createdAt"] = started_at
         for index, arn in enumerate(arns):
             self._task(arn).started_at = started_at or datetime.now(UTC)
             address = addresses[index] if index < len(addresses) else None

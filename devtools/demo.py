@@ -19,7 +19,6 @@ import os
 import socket
 import sys
 import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,8 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         help="seed the emulator and keep it running (for sam local invoke) instead of replaying the events",
     )
     args = parser.parse_args(argv)
-    # Powertools warns when an invocation emits no metric (an ignored event); expected here.
-    warnings.filterwarnings("ignore", message="No application metrics to publish")
 
     port = args.port or _free_port()
     endpoint = f"http://127.0.0.1:{port}"

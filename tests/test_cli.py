@@ -110,7 +110,7 @@ def test_doctor_and_plan_make_only_read_calls(fleet: Fleet, mocker: Any) -> None
 
 
 def test_no_mutating_api_is_reachable_through_the_read_only_clients(fleet: Fleet) -> None:
-    ecs, cloudmap, cloudformation, dynamodb = read_only_clients(None, "us-east-1")
+    ecs, cloudmap, cloudformation, dynamodb, _ = read_only_clients(boto3.Session(region_name="us-east-1"))
     orders = fleet["orders"]
     table = os.environ["LEDGER_TABLE"]
     key = {"pk": {"S": "quarantine"}, "sk": {"S": "srv-1#task-1"}}

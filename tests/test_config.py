@@ -41,7 +41,7 @@ def test_every_problem_is_reported_at_once() -> None:
             }
         )
     message = str(raised.value)
-    for fragment in ("'prod'", "cluster/x", "DRY_RUN='maybe'", "LOG_LEVEL='CHATTY'", "SERVICE_CACHE_TTL_SECONDS"):
+    for fragment in ("'prod'", "cluster/x", "DRY_RUN='maybe'", "LOG_LEVEL='chatty'", "SERVICE_CACHE_TTL_SECONDS"):
         assert fragment in message
 
 
@@ -120,14 +120,23 @@ def test_clusters_of_two_accounts_are_refused() -> None:
         Policy.from_env({"CLUSTER_ARNS": f"{PROD},{other}"})
 
 
-@pytest.mark.parametrize("module", ["task_state_change", "health_poller"])
-def test_a_bad_setting_stops_the_function_at_import(module: str) -> None:
+@pytest.mark.parametrize(
+    ("module", "variable", "value", "message"),
+    [
+        ("task_state_change", "MIN_HEALTHY_PERCENT", "150", "MIN_HEALTHY_PERCENT='150' must be a number from 0 to 100"),
+        ("health_poller", "MIN_HEALTHY_PERCENT", "150", "MIN_HEALTHY_PERCENT='150' must be a number from 0 to 100"),
+        # Not a ValueError from inside Powertools' Logger at import: the policy's message.
+        ("health_poller", "LOG_LEVEL", "verbose", "LOG_LEVEL='verbose' is not a log level"),
+        ("task_state_change", "POWERTOOLS_LOG_LEVEL", "verbose", "POWERTOOLS_LOG_LEVEL='verbose' is not a log level"),
+    ],
+)
+def test_a_bad_setting_stops_the_function_at_import(module: str, variable: str, value: str, message: str) -> None:
     """Lambda reports an init error with the message, instead of failing every invocation later."""
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "MIN_HEALTHY_PERCENT": "150"}
+    env = {**os.environ, variable: value}
     done = subprocess.run(
         [sys.executable, "-c", f"import cloudmap_reactor.handlers.{module}"],
         env=env,
@@ -137,10 +146,38 @@ def test_a_bad_setting_stops_the_function_at_import(module: str) -> None:
         cwd=os.path.join(os.path.dirname(__file__), "..", "functions"),
     )
     assert done.returncode != 0
-    assert "MIN_HEALTHY_PERCENT='150' must be a number from 0 to 100" in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("cloudmap_reactor.config.ConfigError: invalid configuration: "), done.stderr
+    assert message in last
 
 
 def test_stack_parameters_become_the_policy() -> None:
     policy = Policy.from_stack_parameters({"MinHealthyPercent": "75", "DryRun": "true", "Unrelated": "x"})
     assert (policy.min_healthy_percent, policy.dry_run) == (75.0, True)
     assert policy.probe_failure_threshold == Policy().probe_failure_threshold
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("", True), ("true", True), ("false", False), ("off", False)])
+def test_enabled_is_the_emergency_stop(raw: str, expected: bool) -> None:
+    assert Policy.from_env({"ENABLED": raw}).enabled is expected
+    assert Policy.environment_of("enabled") == ("ENABLED", "Enabled")
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "INFO"),
+        ({"LOG_LEVEL": "debug"}, "DEBUG"),
+        ({"POWERTOOLS_LOG_LEVEL": "warning"}, "WARNING"),
+        ({"LOG_LEVEL": "DEBUG", "POWERTOOLS_LOG_LEVEL": "ERROR"}, "ERROR"),  # Powertools' own variable wins
+        ({"LOG_LEVEL": "DEBUG", "POWERTOOLS_LOG_LEVEL": " "}, "DEBUG"),  # blank: not set
+    ],
+)
+def test_log_level_follows_powertools_precedence(env: dict[str, str], expected: str) -> None:
+    assert Policy.from_env(env).log_level == expected
+
+
+@pytest.mark.parametrize("variable", ["LOG_LEVEL", "POWERTOOLS_LOG_LEVEL"])
+def test_an_invalid_log_level_is_rejected_naming_its_variable(variable: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{variable}='verbose' is not a log level: use one of \['DEBUG'"):
+        Policy.from_env({variable: "verbose"})

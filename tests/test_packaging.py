@@ -1,20 +1,26 @@
 """The installable package: its metadata, and a `cloudmap-reactor` command that runs on what it declares.
 
-`pip install .` into a clean environment would need the network; instead the console script of
-this venv (installed by `make venv` through the real build backend) is run with every import
-outside the standard library, the package and the closure of its declared dependencies refused,
-as a clean install would refuse them. Optional imports (botocore's awscrt) then fail quietly, as
-they would there.
+SLOW (about 10-20 s, once per run, bounded by timeouts): ``clean_install`` does what a user's
+``pip install .`` does, offline. It builds the wheel with the project's real build backend
+(setuptools, from this venv: ``--no-build-isolation``), repacks each installed distribution that
+the declared dependencies bring (their files and metadata, as wheels; no network, no index) into a
+wheelhouse, creates an empty venv (no pip, no site packages) and lets pip resolve and install
+``cloudmap-reactor`` into it from that wheelhouse alone. A module the command imports without
+declaring it (Powertools, requests, moto: all in this venv) is then missing, as it would be for
+the user.
 """
 
 from __future__ import annotations
 
-import json
+import base64
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tomllib
+import venv
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -25,26 +31,12 @@ from packaging.utils import canonicalize_name
 from cloudmap_reactor import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+PROJECT = PYPROJECT["project"]
 DECLARED = [Requirement(text) for text in PROJECT["dependencies"]]
-
-# Installed as sitecustomize (imported at start-up, after the .pth files) in the command's process.
-REFUSE_UNDECLARED = """
-import json, os, sys
-
-ALLOWED = frozenset(json.loads(os.environ["CLOUDMAP_REACTOR_ALLOWED_IMPORTS"]))
-
-
-class RefuseUndeclared:
-    def find_spec(self, fullname, path=None, target=None):
-        top = fullname.partition(".")[0]
-        if top in ALLOWED or top in sys.stdlib_module_names:
-            return None
-        raise ModuleNotFoundError(f"{top} is not a declared dependency of cloudmap-reactor", name=fullname)
-
-
-sys.meta_path.insert(0, RefuseUndeclared())
-"""
+# pip writes these itself on install; a wheel does not carry them.
+INSTALL_RECORDS = {"INSTALLER", "RECORD", "REQUESTED", "direct_url.json"}
+STEP_TIMEOUT = 120  # seconds for each pip step on a slow CI machine; they take a few
 
 
 def pinned_runtime() -> dict[str, Requirement]:
@@ -65,14 +57,6 @@ def dependency_closure(requirements: list[Requirement]) -> set[str]:
         found.add(name)
         pending.extend(Requirement(text) for text in metadata.requires(name) or [])
     return found
-
-
-def allowed_imports(distributions: set[str]) -> set[str]:
-    return {
-        module
-        for module, owners in metadata.packages_distributions().items()
-        if any(canonicalize_name(owner) in distributions for owner in owners)
-    }
 
 
 def test_declared_dependencies_admit_the_functions_pinned_versions() -> None:
@@ -96,23 +80,88 @@ def test_installed_metadata_is_what_pyproject_declares() -> None:
     assert (script.name, script.value) == ("cloudmap-reactor", "cloudmap_reactor.cli:main")
 
 
+def repack(name: str, wheelhouse: Path) -> None:
+    """An installed distribution as a wheel again: its files and metadata, without bytecode."""
+    dist = metadata.distribution(name)
+    files = [f for f in dist.files or [] if "__pycache__" not in f.parts and f.parts[0] != ".."]
+    info = next(f.parts[0] for f in files if f.parts[0].endswith(".dist-info"))
+    wheel_text = (Path(str(dist.locate_file(info))) / "WHEEL").read_text(encoding="utf-8")
+    tags = [line.split(":", 1)[1].strip() for line in wheel_text.splitlines() if line.startswith("Tag:")]
+    tag = next((t for t in tags if t.startswith("py3")), tags[0])  # py2-none-any, py3-none-any: the py3 one
+    stem = info.removesuffix(".dist-info")
+    record = []
+    with zipfile.ZipFile(wheelhouse / f"{stem}-{tag}.whl", "w", zipfile.ZIP_STORED) as wheel:
+        for file in files:
+            if file.parts[0] == info and file.name in INSTALL_RECORDS:
+                continue
+            data = Path(str(dist.locate_file(file))).read_bytes()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            wheel.writestr(file.as_posix(), data)
+            record.append(f"{file.as_posix()},sha256={digest},{len(data)}")
+        wheel.writestr(f"{info}/RECORD", "\n".join([*record, f"{info}/RECORD,,", ""]))
+
+
+def build_wheel(wheelhouse: Path, source: Path) -> None:
+    """The project's wheel, built by its own backend from a copy of what the build reads."""
+    for name in ("pyproject.toml", "README.md", *(p.name for p in ROOT.glob("LICENSE*"))):
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(
+        ROOT / "functions", source / "functions", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    pip = [sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check"]
+    subprocess.run(
+        [
+            *pip,
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(wheelhouse),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=STEP_TIMEOUT,
+    )
+
+
 @pytest.fixture(scope="module")
 def command(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str], Path]:
-    """The console script, an environment that refuses undeclared imports, and a neutral directory."""
-    beside = Path(sys.executable).parent / ("cloudmap-reactor.exe" if os.name == "nt" else "cloudmap-reactor")
-    script = str(beside) if beside.exists() else shutil.which("cloudmap-reactor")
-    if script is None:
-        pytest.skip("the cloudmap-reactor command is not installed (make venv installs it)")
-    site = tmp_path_factory.mktemp("site")
-    (site / "sitecustomize.py").write_text(REFUSE_UNDECLARED, encoding="utf-8")
-    allowed = allowed_imports(dependency_closure(DECLARED)) | {"cloudmap_reactor"}
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(site),
-        "CLOUDMAP_REACTOR_ALLOWED_IMPORTS": json.dumps(sorted(allowed)),
-        "COLUMNS": "200",
-    }
-    return script, env, tmp_path_factory.mktemp("cwd")
+    """``cloudmap-reactor`` pip-installed into a clean venv from a local wheelhouse, and a neutral directory."""
+    for requirement in map(Requirement, PYPROJECT["build-system"]["requires"]):  # built without isolation
+        backend = metadata.version(requirement.name)
+        assert requirement.specifier.contains(backend), f"{requirement.name} {backend} here: run make venv"
+    wheelhouse = tmp_path_factory.mktemp("wheelhouse")
+    build_wheel(wheelhouse, tmp_path_factory.mktemp("source"))
+    for name in dependency_closure(DECLARED):
+        repack(name, wheelhouse)
+    target = tmp_path_factory.mktemp("clean-venv")
+    venv.EnvBuilder(with_pip=False, clear=True).create(target)
+    bin_dir = target / ("Scripts" if os.name == "nt" else "bin")
+    python = bin_dir / ("python.exe" if os.name == "nt" else "python")
+    install = [sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", "--python", str(python)]
+    installed = subprocess.run(
+        [
+            *install,
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-compile",
+            "--find-links",
+            str(wheelhouse),
+            "cloudmap-reactor",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT,
+        check=False,
+    )
+    assert installed.returncode == 0, installed.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env["COLUMNS"] = "200"
+    return str(bin_dir / "cloudmap-reactor"), env, tmp_path_factory.mktemp("cwd")
 
 
 def run(command: tuple[str, dict[str, str], Path], *args: str) -> subprocess.CompletedProcess[str]:
@@ -120,32 +169,50 @@ def run(command: tuple[str, dict[str, str], Path], *args: str) -> subprocess.Com
     return subprocess.run([script, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
 
 
-def test_undeclared_packages_are_refused_in_the_commands_environment(
-    command: tuple[str, dict[str, str], Path],
-) -> None:
-    """The check below means something: the dev venv has Powertools, requests and moto."""
-    _, env, cwd = command
-    for module in ("aws_lambda_powertools", "requests", "devtools"):
+def test_the_clean_venv_has_nothing_undeclared(command: tuple[str, dict[str, str], Path]) -> None:
+    """The check below means something: this venv has Powertools, requests and moto; the clean one must not."""
+    script, env, cwd = command
+    python = str(Path(script).with_name(Path(sys.executable).name))
+    for module in ("aws_lambda_powertools", "requests", "moto", "devtools"):
         result = subprocess.run(
-            [sys.executable, "-c", f"import {module}"], env=env, cwd=cwd, capture_output=True, text=True, check=False
+            [python, "-c", f"import {module}"], env=env, cwd=cwd, capture_output=True, text=True, check=False
         )
-        assert "is not a declared dependency" in result.stderr, (module, result.stderr)
+        assert "ModuleNotFoundError" in result.stderr, (module, result.stderr)
 
 
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
         (["--version"], f"cloudmap-reactor {__version__}\n"),
-        (["redrive", "--help"], "usage: cloudmap-reactor redrive "),
         (["doctor", "--help"], "usage: cloudmap-reactor doctor "),
         (["plan", "--help"], "usage: cloudmap-reactor plan "),
+        (["status", "--help"], "usage: cloudmap-reactor status "),
+        (["undo", "--help"], "usage: cloudmap-reactor undo "),
+        (["redrive", "--help"], "usage: cloudmap-reactor redrive "),
     ],
-    ids=["version", "redrive-help", "doctor-help", "plan-help"],
+    ids=["version", "doctor-help", "plan-help", "status-help", "undo-help", "redrive-help"],
 )
-def test_command_runs_on_the_declared_dependencies_alone(
+def test_pip_installed_command_runs_on_the_declared_dependencies_alone(
     command: tuple[str, dict[str, str], Path], args: list[str], expected: str
 ) -> None:
     result = run(command, *args)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(expected)
     assert not result.stderr
+
+
+def test_pip_installed_command_runs_a_command_until_it_needs_aws(command: tuple[str, dict[str, str], Path]) -> None:
+    """Past the imports: parsing, the region, the session and the clients, to the first call (no credentials)."""
+    script, env, cwd = command
+    isolated = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+    isolated.update(
+        AWS_CONFIG_FILE=str(cwd / "none"),
+        AWS_SHARED_CREDENTIALS_FILE=str(cwd / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    result = run((script, isolated, cwd), "doctor", "--region", "eu-west-1")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == "cloudmap-reactor doctor: Unable to locate credentials\n"
+    result = run((script, isolated, cwd), "status", "--stack", "x")
+    assert result.returncode == 2
+    assert "no AWS region: give --region, or set AWS_REGION or AWS_DEFAULT_REGION" in result.stderr

@@ -1,4 +1,4 @@
-"""Static security scan of the template with checkov: the SAM template and its CloudFormation translation.
+"""Static security scan with checkov: the SAM template and its translation (what `make package` writes).
 
 checkov lives in its own virtual environment (``.venv-scan``, made by ``make test``) because its
 pins clash with the SAM CLI's. Every suppression sits next to its resource in template.yaml, as
@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from devtools import package
 from tests.test_template import ROOT, sam_template, translated
 
 CHECKOV = Path(os.environ.get("CHECKOV", ROOT / ".venv-scan" / "bin" / "checkov"))
@@ -40,8 +41,9 @@ def test_template_passes_the_security_scan(form: str, tmp_path: Path) -> None:
     if form == "sam":
         path = ROOT / "template.yaml"
     else:
-        path = tmp_path / "translated.json"
-        path.write_text(json.dumps(translated(), default=str))
+        # What `make package` writes for StackSets: the translation, as plain CloudFormation YAML.
+        path = tmp_path / "cloudmap-reactor.cfn.yaml"
+        package.write(translated(), path)
     report = checkov(path)
     failed = report["results"]["failed_checks"]
     assert not failed, [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in failed]

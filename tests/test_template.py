@@ -8,7 +8,6 @@ The last test runs ``sam validate --lint`` (cfn-lint), which needs no AWS accoun
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -20,13 +19,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from samtranslator.parser.parser import Parser
-from samtranslator.translator.translator import Translator
 from samtranslator.yaml_helper import yaml_parse
 
+from cloudmap_reactor import __version__
 from cloudmap_reactor.config import Policy, defaults_by_parameter
+from cloudmap_reactor.core.model import Reason
+from cloudmap_reactor.handlers.reporting import DRY_RUN_REMOVED_MESSAGE, REMOVED_MESSAGE
+from devtools import package
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
@@ -34,7 +34,7 @@ TEMPLATE = ROOT / "template.yaml"
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 STACK = "cloudmap-reactor-test"
-SERVICE = "cloudmap-reactor"
+SERVICE = STACK  # the service dimension and log key: the stack name by default (ServiceName)
 CLUSTERS = (
     f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/prod",
     f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/staging",
@@ -69,25 +69,8 @@ def sam_template() -> dict[str, Json]:
 
 @cache
 def _translated(frozen_params: tuple[tuple[str, str], ...]) -> dict[str, Json]:
-    template = copy.deepcopy(sam_template())
-    # The translator, like CloudFormation, only takes code already uploaded to S3.
-    globals_function = template.get("Globals", {}).get("Function", {})
-    if "CodeUri" in globals_function:
-        globals_function["CodeUri"] = "s3://bucket/functions.zip"
-    for logical_id, resource in template["Resources"].items():
-        properties = resource.get("Properties", {})
-        for key in ("CodeUri", "ContentUri"):
-            if key in properties:
-                properties[key] = f"s3://bucket/{logical_id}.zip"
-
-    def no_managed_policy_names() -> dict[str, str]:
-        raise AssertionError("the template must name managed policies by ARN (no IAM look-up offline)")
-
-    translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name=REGION))
-    translated: dict[str, Json] = translator.translate(
-        template, parameter_values=dict(frozen_params), get_managed_policy_map=no_managed_policy_names
-    )
-    return translated
+    # What `make package` does (the translator, like CloudFormation, takes code in S3 only: placeholders).
+    return package.translate(sam_template(), dict(frozen_params), region=REGION)
 
 
 def translated(params: Params | None = None) -> dict[str, Json]:
@@ -399,6 +382,29 @@ def test_environment_follows_parameters() -> None:
     poller_env = stack.properties(POLLER)["Environment"]["Variables"]
     assert (poller_env["POLL_INTERVAL_SECONDS"], poller_env["POLL_WINDOW_SECONDS"]) == ("5", "0")
     assert poller_env["ECS_READS_PER_SECOND"] == "0"
+
+
+@pytest.mark.parametrize("enabled", ["true", "false"])
+def test_the_emergency_stop_reaches_both_functions(enabled: str) -> None:
+    stack = Stack({"Enabled": enabled})
+    for logical_id in (REACTOR, POLLER):
+        env = stack.properties(logical_id)["Environment"]["Variables"]
+        assert env["ENABLED"] == enabled
+        assert Policy.from_env(as_deployed(env)).enabled is (enabled == "true")
+
+
+def test_the_service_dimension_is_the_stack_name_unless_named() -> None:
+    """Two stacks in one account never share a metric (and so an alarm): service is the stack's own."""
+    for params, service in (({}, STACK), ({"ServiceName": "payments-reactor"}, "payments-reactor")):
+        stack = Stack(params)
+        for logical_id in (REACTOR, POLLER):
+            assert stack.properties(logical_id)["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == service
+        for alarm_id, alarm in stack.of_type("AWS::CloudWatch::Alarm").items():
+            dimensions = alarm["Properties"].get("Dimensions", [])
+            assert all(d["Value"] == service for d in dimensions if d["Name"] == "service"), alarm_id
+        custom = [m for m in dashboard_metrics(stack) if m[0] == "CloudMapReactor"]
+        assert custom
+        assert all(m[2:4] == ["service", service] for m in custom)
 
 
 def test_poller_memory_is_a_parameter() -> None:
@@ -786,19 +792,18 @@ def test_roles_use_no_managed_policies_beyond_logs_and_xray(stack: Stack) -> Non
 ECS_SERVICES = sub("arn:aws:ecs:{region}:{account}:service/*")
 ECS_TASKS = sub("arn:aws:ecs:{region}:{account}:task/*")
 CLOUDMAP_SERVICES = sub("arn:aws:servicediscovery:{region}:{account}:service/*")
-LEDGER_ACTIONS = (
-    "dynamodb:GetItem",
-    "dynamodb:PutItem",
-    "dynamodb:UpdateItem",
-    "dynamodb:DeleteItem",
-    "dynamodb:Query",
-)
+LEDGER_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query")
+REACTOR_LEDGER_ACTIONS = ("dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query")  # no streaks, no lease
 VIA_DYNAMODB = {"StringEquals": {"kms:ViaService": f"dynamodb.{REGION}.amazonaws.com"}}
-LEDGER_GRANTS: dict[str, list[tuple[Json, Json]]] = {
-    **{action: [(f"<{LEDGER}.Arn>", None)] for action in LEDGER_ACTIONS},
+LEDGER_KEY_GRANTS: dict[str, list[tuple[Json, Json]]] = {
     "kms:Decrypt": [(f"<{LEDGER_KEY}.Arn>", VIA_DYNAMODB)],
     "kms:GenerateDataKey": [(f"<{LEDGER_KEY}.Arn>", VIA_DYNAMODB)],
 }
+LEDGER_GRANTS: dict[str, list[tuple[Json, Json]]] = {
+    **{action: [(f"<{LEDGER}.Arn>", None)] for action in LEDGER_ACTIONS},
+    **LEDGER_KEY_GRANTS,
+}
+ONLY_THOSE_CLUSTERS = {"ArnEquals": {"ecs:cluster": list(CLUSTERS)}}
 
 
 def grants(stack: Stack, function: str) -> dict[str, list[tuple[Json, Json]]]:
@@ -812,12 +817,12 @@ def grants(stack: Stack, function: str) -> dict[str, list[tuple[Json, Json]]]:
 
 @pytest.mark.parametrize("params", [{}, WITH_CLUSTERS], ids=["all-clusters", "given-clusters"])
 def test_reactor_permissions(params: Params) -> None:
+    scoped = ONLY_THOSE_CLUSTERS if params else None
     assert grants(Stack(params), REACTOR) == {
-        "ecs:DescribeServices": [(ECS_SERVICES, None)],
+        "ecs:DescribeServices": [(ECS_SERVICES, scoped)],
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetOperation": [("*", None)],  # no resource type: "*" is what IAM accepts
         "sqs:SendMessage": [("<DeadLetterQueue.Arn>", None)],
-        **LEDGER_GRANTS,
     }
 
 
@@ -829,8 +834,14 @@ def test_the_reactor_reads_a_started_tasks_service_only_with_readiness_events() 
     assert granted["ecs:DescribeTasks"] == [(ECS_TASKS, None)]
     assert granted["servicediscovery:ListInstances"] == [(CLOUDMAP_SERVICES, None)]
     assert granted["servicediscovery:RegisterInstance"] == [(CLOUDMAP_SERVICES, None)]
+    # The ledger: records of the tasks it holds out (no streaks, no lease: those are the poller's).
+    assert {a: w for a, w in granted.items() if a.startswith(("dynamodb:", "kms:"))} == {
+        **{action: [(f"<{LEDGER}.Arn>", None)] for action in REACTOR_LEDGER_ACTIONS},
+        **LEDGER_KEY_GRANTS,
+    }
     scoped = grants(Stack({**WITH_CLUSTERS, **readiness}), REACTOR)
-    assert scoped["ecs:ListTasks"] == [("*", {"ArnEquals": {"ecs:cluster": list(CLUSTERS)}})]
+    assert scoped["ecs:ListTasks"] == [("*", ONLY_THOSE_CLUSTERS)]
+    assert scoped["ecs:DescribeTasks"] == [(ECS_TASKS, ONLY_THOSE_CLUSTERS)]
 
 
 def test_poller_permissions_for_every_cluster(stack: Stack) -> None:
@@ -838,39 +849,65 @@ def test_poller_permissions_for_every_cluster(stack: Stack) -> None:
         "ecs:ListClusters": [("*", None)],
         "ecs:ListServices": [("*", None)],
         "ecs:ListTasks": [("*", None)],
-        "ecs:DescribeServices": [(ECS_SERVICES, None)],
-        "ecs:DescribeTasks": [(ECS_TASKS, None)],
+        "ecs:DescribeServices": [([ECS_SERVICES, ECS_TASKS], None)],
+        "ecs:DescribeTasks": [([ECS_SERVICES, ECS_TASKS], None)],
+        "ecs:DescribeTaskDefinition": [("*", None)],  # no resource-level permissions
+        "ecs:UpdateService": [(ECS_SERVICES, TAGGED_FOR_REDEPLOY)],
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetService": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:RegisterInstance": [(CLOUDMAP_SERVICES, None)],
-        "servicediscovery:GetInstance": [(CLOUDMAP_SERVICES, None)],
         **LEDGER_GRANTS,
         "servicediscovery:GetOperation": [("*", None)],
     }
 
 
-def test_poller_may_redeploy_services_only_when_healing_is_on() -> None:
-    assert "ecs:UpdateService" not in grants(Stack({}), POLLER)
-    assert grants(Stack({"RedeployStaleClients": "true"}), POLLER)["ecs:UpdateService"] == [(ECS_SERVICES, None)]
-    assert "ecs:UpdateService" not in grants(Stack({"RedeployStaleClients": "true"}), REACTOR)
+TAGGED_FOR_REDEPLOY = {"StringEqualsIgnoreCase": {"aws:ResourceTag/cloudmap-reactor:redeploy-stale": "true"}}
+
+
+def test_poller_may_redeploy_every_service_only_when_healing_is_on() -> None:
+    # Off: only services tagged cloudmap-reactor:redeploy-stale=true, the only ones it heals then.
+    assert grants(Stack({}), POLLER)["ecs:UpdateService"] == [(ECS_SERVICES, TAGGED_FOR_REDEPLOY)]
+    assert grants(Stack(WITH_CLUSTERS), POLLER)["ecs:UpdateService"] == [
+        (ECS_SERVICES, {**TAGGED_FOR_REDEPLOY, **ONLY_THOSE_CLUSTERS})
+    ]
+    heal_all = {"RedeployStaleClients": "true"}
+    assert grants(Stack(heal_all), POLLER)["ecs:UpdateService"] == [(ECS_SERVICES, None)]
+    assert grants(Stack({**heal_all, **WITH_CLUSTERS}), POLLER)["ecs:UpdateService"] == [
+        (ECS_SERVICES, ONLY_THOSE_CLUSTERS)
+    ]
+    assert "ecs:UpdateService" not in grants(Stack(heal_all), REACTOR)
 
 
 def test_poller_permissions_for_given_clusters(scoped_stack: Stack) -> None:
-    only_those_clusters = {"ArnEquals": {"ecs:cluster": list(CLUSTERS)}}
+    only_those_clusters = ONLY_THOSE_CLUSTERS
     assert grants(scoped_stack, POLLER) == {
         "ecs:ListServices": [("*", only_those_clusters)],
         "ecs:ListTasks": [("*", only_those_clusters)],
-        "ecs:DescribeServices": [(ECS_SERVICES, None)],
-        "ecs:DescribeTasks": [(ECS_TASKS, None)],
+        "ecs:DescribeServices": [([ECS_SERVICES, ECS_TASKS], only_those_clusters)],
+        "ecs:DescribeTasks": [([ECS_SERVICES, ECS_TASKS], only_those_clusters)],
+        "ecs:DescribeTaskDefinition": [("*", None)],
+        "ecs:UpdateService": [(ECS_SERVICES, {**TAGGED_FOR_REDEPLOY, **only_those_clusters})],
         "servicediscovery:DeregisterInstance": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:ListInstances": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:GetService": [(CLOUDMAP_SERVICES, None)],
         "servicediscovery:RegisterInstance": [(CLOUDMAP_SERVICES, None)],
-        "servicediscovery:GetInstance": [(CLOUDMAP_SERVICES, None)],
         **LEDGER_GRANTS,
         "servicediscovery:GetOperation": [("*", None)],
     }
+
+
+def test_clusters_found_by_tag_are_read_with_describe_clusters() -> None:
+    tagged = {"ClusterTag": "team=payments"}
+    for function in (REACTOR, POLLER):
+        assert "ecs:DescribeClusters" not in grants(Stack({}), function)
+        clusters = f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/*"
+        assert grants(Stack(tagged), function)["ecs:DescribeClusters"] == [(clusters, None)]
+    assert grants(Stack(tagged), POLLER)["ecs:ListClusters"] == [("*", None)]
+    assert "ecs:ListClusters" not in grants(Stack(tagged), REACTOR)
+    for function in (REACTOR, POLLER):
+        env = Stack(tagged).properties(function)["Environment"]["Variables"]
+        assert Policy.from_env(as_deployed(env)).cluster_tag_pair == ("team", "payments")
 
 
 def test_poller_may_stop_tasks_only_when_replacing_quarantined_ones() -> None:
@@ -903,7 +940,8 @@ def route53(grants: Mapping[str, Json]) -> dict[str, Json]:
 def test_route53_only_for_dns_namespaces(params: Params) -> None:
     stack, dns = Stack(params), Stack({**params, "DnsNamespaces": "true"})
     assert route53(grants(stack, REACTOR)) == route53(grants(stack, POLLER)) == {}
-    assert route53(grants(dns, REACTOR)) == DEREGISTER_IN_DNS  # the reactor only deregisters
+    assert route53(grants(dns, REACTOR)) == DEREGISTER_IN_DNS  # without readiness events the reactor only deregisters
+    assert route53(grants(Stack({**params, **READINESS, "DnsNamespaces": "true"}), REACTOR)) == REGISTER_IN_DNS
     assert route53(grants(dns, POLLER)) == REGISTER_IN_DNS  # the poller registers recovered tasks again
     for function in (REACTOR, POLLER):  # nothing else changes
         others = {a: w for a, w in grants(dns, function).items() if not a.startswith("route53:")}
@@ -924,7 +962,12 @@ def test_the_ledger_is_reached_item_by_item_and_only_that_table(params: Params) 
             if action.startswith("kms:"):
                 assert statement["Resource"] == f"<{LEDGER_KEY}.Arn>", logical_id
                 assert statement["Condition"] == VIA_DYNAMODB, logical_id
-    assert len(seen) == 2, "both functions' roles use the ledger"
+    assert seen == {"HealthPollerRole"}, "without readiness events, only the poller's role uses the ledger"
+    readiness = Stack({**params, **READINESS})
+    assert {i for i, s in all_policy_statements(readiness) for a in actions(s) if a.startswith("dynamodb:")} == {
+        "HealthPollerRole",
+        f"{REACTOR}Role",  # SAM's role of the reactor
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -933,41 +976,12 @@ def test_the_ledger_is_reached_item_by_item_and_only_that_table(params: Params) 
 
 NAMESPACE = "Custom/CloudMapReactor"
 SERVICE_DIMENSION = [{"Name": "service", "Value": SERVICE}]
+# Errors must persist: 3 of the last 5 minutes, never a single failed call.
+PERSISTENT = {"Period": 60, "EvaluationPeriods": 5, "DatapointsToAlarm": 3}
+ONE_MINUTE = {"Period": 60, "EvaluationPeriods": 1, "DatapointsToAlarm": 1}
+ABOVE_ZERO = {"Threshold": 0, "ComparisonOperator": "GreaterThanThreshold", "TreatMissingData": "notBreaching"}
+PAGE, WARNING = "<Ref:AlarmTopic>", "<Ref:WarningTopic>"
 ALARMS: dict[str, dict[str, Json]] = {
-    "DeregistrationErrorsAlarm": {
-        "Namespace": NAMESPACE,
-        "MetricName": "DeregistrationErrors",
-        "Dimensions": SERVICE_DIMENSION,
-        "Statistic": "Sum",
-        "Period": 60,
-        "EvaluationPeriods": 1,
-        "Threshold": 0,
-        "ComparisonOperator": "GreaterThanThreshold",
-        "TreatMissingData": "notBreaching",
-    },
-    "FailOpenAlarm": {
-        "Namespace": NAMESPACE,
-        "MetricName": "FailOpenActivated",
-        "Dimensions": SERVICE_DIMENSION,
-        "Statistic": "Sum",
-        "Period": 60,
-        "EvaluationPeriods": 1,
-        "Threshold": 0,
-        "ComparisonOperator": "GreaterThanThreshold",
-        "TreatMissingData": "notBreaching",
-    },
-    "StaleDependencyAlarm": {
-        "Namespace": NAMESPACE,
-        "MetricName": "StaleDependencyTasks",
-        "Dimensions": SERVICE_DIMENSION,
-        "Statistic": "Maximum",
-        "Period": 60,
-        "EvaluationPeriods": "15",  # a parameter (StaleAlarmMinutes), as CloudFormation passes it
-        "DatapointsToAlarm": "15",
-        "Threshold": 0,
-        "ComparisonOperator": "GreaterThanThreshold",
-        "TreatMissingData": "notBreaching",
-    },
     "HealthPollerHeartbeatAlarm": {
         "Namespace": NAMESPACE,
         "MetricName": "HealthScanCompleted",
@@ -980,42 +994,62 @@ ALARMS: dict[str, dict[str, Json]] = {
         "ComparisonOperator": "LessThanThreshold",
         "TreatMissingData": "breaching",
     },
+    "DeregistrationErrorsAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "DeregistrationErrors",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Sum",
+        **PERSISTENT,
+        **ABOVE_ZERO,
+    },
+    "FailOpenAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "FailOpenActivated",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Sum",
+        **PERSISTENT,
+        **ABOVE_ZERO,
+    },
+    "StaleDependencyAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "StaleDependencyTasks",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Maximum",
+        "Period": 60,
+        "EvaluationPeriods": "15",  # a parameter (StaleAlarmMinutes), as CloudFormation passes it
+        "DatapointsToAlarm": "15",
+        **ABOVE_ZERO,
+    },
     "TaskStateReactorErrorsAlarm": {
         "Namespace": "AWS/Lambda",
         "MetricName": "Errors",
         "Dimensions": [{"Name": "FunctionName", "Value": f"<Ref:{REACTOR}>"}],
         "Statistic": "Sum",
-        "Threshold": 0,
-        "ComparisonOperator": "GreaterThanThreshold",
+        **PERSISTENT,
+        **ABOVE_ZERO,
     },
     "HealthPollerErrorsAlarm": {
         "Namespace": "AWS/Lambda",
         "MetricName": "Errors",
         "Dimensions": [{"Name": "FunctionName", "Value": f"<Ref:{POLLER}>"}],
         "Statistic": "Sum",
-        "Threshold": 0,
-        "ComparisonOperator": "GreaterThanThreshold",
+        **PERSISTENT,
+        **ABOVE_ZERO,
     },
     "RestoreErrorsAlarm": {
         "Namespace": NAMESPACE,
         "MetricName": "RestoreErrors",
         "Dimensions": SERVICE_DIMENSION,
         "Statistic": "Sum",
-        "Period": 60,
-        "EvaluationPeriods": 1,
-        "DatapointsToAlarm": 1,
-        "Threshold": 0,
-        "ComparisonOperator": "GreaterThanThreshold",
-        "TreatMissingData": "notBreaching",
+        **PERSISTENT,
+        **ABOVE_ZERO,
     },
     "QuarantineAgeAlarm": {
         "Namespace": NAMESPACE,
         "MetricName": "OldestQuarantineSeconds",
         "Dimensions": SERVICE_DIMENSION,
         "Statistic": "Maximum",
-        "Period": 60,
-        "EvaluationPeriods": 1,
-        "DatapointsToAlarm": 1,
+        **ONE_MINUTE,  # the threshold is already an age
         "Threshold": "1800",  # a parameter (QuarantineAlarmSeconds), as CloudFormation passes it
         "ComparisonOperator": "GreaterThanThreshold",
         "TreatMissingData": "notBreaching",
@@ -1024,10 +1058,38 @@ ALARMS: dict[str, dict[str, Json]] = {
         "Namespace": "AWS/SQS",
         "MetricName": "ApproximateNumberOfMessagesVisible",
         "Dimensions": [{"Name": "QueueName", "Value": "<DeadLetterQueue.QueueName>"}],
-        "Threshold": 0,
-        "ComparisonOperator": "GreaterThanThreshold",
+        "Statistic": "Maximum",
+        **ONE_MINUTE,  # a dead letter stays until someone redrives it
+        **ABOVE_ZERO,
+    },
+    "EmergencyStopAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "Disabled",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Sum",
+        **ONE_MINUTE,
+        **ABOVE_ZERO,
+    },
+    "AccessDeniedAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "AccessDenied",  # the total, without the Reason (operation) dimension
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Sum",
+        **ONE_MINUTE,  # a missing permission never heals by retrying
+        **ABOVE_ZERO,
+    },
+    "ClusterMissingAlarm": {
+        "Namespace": NAMESPACE,
+        "MetricName": "ClusterMissing",
+        "Dimensions": SERVICE_DIMENSION,
+        "Statistic": "Sum",
+        **ONE_MINUTE,  # counted once per container: a single datapoint is all there is
+        **ABOVE_ZERO,
     },
 }
+# Someone is needed now only when clients reach tasks that should be out, or nothing is watching.
+PAGES = {"HealthPollerHeartbeatAlarm", "DeregistrationErrorsAlarm"}
+README = ROOT / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -1044,10 +1106,33 @@ def test_alarm(namespaced_stack: Stack, alarm_id: str) -> None:
     alarm = namespaced_stack.properties(alarm_id)
     for key, value in ALARMS[alarm_id].items():
         assert alarm[key] == value, f"{alarm_id}.{key}"
-    assert alarm["AlarmActions"] == ["<Ref:AlarmTopic>"]
-    assert alarm["OKActions"] == ["<Ref:AlarmTopic>"]
+    topic = PAGE if alarm_id in PAGES else WARNING
+    assert alarm["AlarmActions"] == alarm["OKActions"] == [topic]
     assert alarm.get("ActionsEnabled", True) is True
-    assert alarm["AlarmDescription"]
+    assert alarm["AlarmDescription"].startswith("[page] " if topic == PAGE else "[warning] ")
+    assert len(alarm["AlarmDescription"]) <= 1024  # CloudWatch's limit
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown file (lowercase, punctuation dropped, spaces to -)."""
+    headings = re.findall(r"^#{1,6} (.+)$", markdown, flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("base", [None, "https://wiki.example.com/cloudmap-reactor"])
+def test_every_alarm_links_a_runbook_section_of_the_readme(base: str | None) -> None:
+    stack = Stack({"RunbookBaseUrl": base} if base else {})
+    anchors = github_anchors(README.read_text(encoding="utf-8"))
+    for alarm_id, alarm in stack.of_type("AWS::CloudWatch::Alarm").items():
+        link = re.search(r"Runbook: (\S+)#([\w-]+)$", alarm["Properties"]["AlarmDescription"])
+        assert link, alarm_id
+        assert link.group(1) == (base or "README.md"), alarm_id
+        assert link.group(2) in anchors, f"{alarm_id}: README has no section #{link.group(2)}"
+    (text,) = (w for w in dashboard_widgets(stack) if w["type"] == "text")
+    linked = re.findall(r"\]\((\S+?)#([\w-]+)\)", text["properties"]["markdown"])
+    assert linked
+    assert {b for b, _ in linked} == {base or "README.md"}
+    assert {a for _, a in linked} <= anchors
 
 
 def test_quarantine_alarm_threshold_is_a_parameter() -> None:
@@ -1056,8 +1141,9 @@ def test_quarantine_alarm_threshold_is_a_parameter() -> None:
     assert Stack({"QuarantineAlarmSeconds": "600"}).properties("QuarantineAgeAlarm")["Threshold"] == "600"
 
 
-def test_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use(stack: Stack) -> None:
-    topic = stack.properties("AlarmTopic")
+@pytest.mark.parametrize("topic_id", ["AlarmTopic", "WarningTopic"])
+def test_alarm_topics_are_encrypted_with_a_key_cloudwatch_may_use(stack: Stack, topic_id: str) -> None:
+    topic = stack.properties(topic_id)
     key_ref = topic["KmsMasterKeyId"]
     # CloudWatch cannot publish to a topic under the AWS managed key alias/aws/sns.
     assert key_ref.startswith("<Ref:"), "the alarm topic needs a customer managed key"
@@ -1069,39 +1155,44 @@ def test_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use(stack: Stack) ->
 
     (policy,) = (
         p["Properties"] for p in stack.of_type("AWS::SNS::TopicPolicy").values()
-        if p["Properties"]["Topics"] == ["<Ref:AlarmTopic>"]
+        if p["Properties"]["Topics"] == [f"<Ref:{topic_id}>"]
     )  # fmt: skip
     (publish,) = policy["PolicyDocument"]["Statement"]
     assert publish["Effect"] == "Allow"
     assert publish["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
     assert actions(publish) == ["sns:Publish"]
-    assert publish["Resource"] == "<Ref:AlarmTopic>"
+    assert publish["Resource"] == f"<Ref:{topic_id}>"
 
 
-def test_email_subscription_only_with_an_address(stack: Stack) -> None:
+def test_email_subscriptions_only_with_an_address(stack: Stack) -> None:
     assert stack.of_type("AWS::SNS::Subscription") == {}
-    subscribed = Stack({"AlarmEmail": "oncall@example.com"})
-    (subscription,) = subscribed.of_type("AWS::SNS::Subscription").values()
-    assert subscription["Properties"] == {
-        "TopicArn": "<Ref:AlarmTopic>",
-        "Protocol": "email",
-        "Endpoint": "oncall@example.com",
-    }
+    subscribed = Stack({"AlarmEmail": "oncall@example.com", "WarningEmail": "team@example.com"})
+    subscriptions = [s["Properties"] for s in subscribed.of_type("AWS::SNS::Subscription").values()]
+    assert sorted(subscriptions, key=str) == sorted(
+        [
+            {"TopicArn": PAGE, "Protocol": "email", "Endpoint": "oncall@example.com"},
+            {"TopicArn": WARNING, "Protocol": "email", "Endpoint": "team@example.com"},
+        ],
+        key=str,
+    )
+
+
+def dashboard_widgets(stack: Stack) -> list[dict[str, Json]]:
+    (dashboard,) = stack.of_type("AWS::CloudWatch::Dashboard").values()
+    widgets: list[dict[str, Json]] = json.loads(dashboard["Properties"]["DashboardBody"])["widgets"]
+    return widgets
 
 
 def dashboard_metrics(stack: Stack) -> list[list[Json]]:
-    (dashboard,) = stack.of_type("AWS::CloudWatch::Dashboard").values()
-    body = json.loads(dashboard["Properties"]["DashboardBody"])
-    return [m for w in body["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"]]
+    return [m for w in dashboard_widgets(stack) if w["type"] == "metric" for m in w["properties"]["metrics"]]
 
 
 def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
     metrics = dashboard_metrics(namespaced_stack)
     custom = {tuple(m[1:-1] if isinstance(m[-1], dict) else m[1:]) for m in metrics if m[0] == NAMESPACE}
-    for reason in ("TaskStopping", "Unhealthy", "Reconciled", "ProbeFailed"):
-        assert ("TasksDeregistered", "service", SERVICE, "Reason", reason) in custom
-    for reason in ("TaskStopping", "Unhealthy", "ProbeFailed"):
-        assert ("DryRunDeregistrations", "service", SERVICE, "Reason", reason) in custom
+    for removal in Reason:  # dry run too: Reconciled is counted in a dry run like the others
+        assert ("TasksDeregistered", "service", SERVICE, "Reason", removal.value) in custom
+        assert ("DryRunDeregistrations", "service", SERVICE, "Reason", removal.value) in custom
     for reason in ("Unhealthy", "ProbeFailed", "NotReady"):
         assert ("TasksRestored", "service", SERVICE, "Reason", reason) in custom
     for reason in ("Throttled", "Deadline", "Error"):
@@ -1123,6 +1214,7 @@ def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
         "OldestQuarantineSeconds",
         "RestoreErrors",
         "TasksReplaced",
+        "Disabled",
     ):
         assert (name, "service", SERVICE) in custom, name
     gauges = {m[1]: m[-1].get("stat") for m in metrics if m[1] in {"QuarantinedInstances", "OldestQuarantineSeconds"}}
@@ -1131,23 +1223,65 @@ def test_dashboard_shows_every_metric(namespaced_stack: Stack) -> None:
     assert probe_stats == {"SampleCount", "p50", "p99", "Maximum"}
     duration_stats = {m[-1].get("stat") for m in metrics if m[1] == "HealthScanDuration"}
     assert duration_stats == {"Average", "Maximum"}
-    lambda_errors = {m[3] for m in metrics if m[:2] == ["AWS/Lambda", "Errors"]}
-    assert lambda_errors == {f"<Ref:{REACTOR}>", f"<Ref:{POLLER}>"}
+    for lambda_metric in ("Errors", "Throttles", "Duration"):
+        functions = {m[3] for m in metrics if m[:2] == ["AWS/Lambda", lambda_metric]}
+        assert functions == {f"<Ref:{REACTOR}>", f"<Ref:{POLLER}>"}, lambda_metric
     assert ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", "<DeadLetterQueue.QueueName>"] in [
         m[:4] for m in metrics
     ]
     assert all(m[0] in {NAMESPACE, "AWS/Lambda", "AWS/SQS"} for m in metrics), "namespace must follow the parameter"
 
 
-def test_dashboard_shows_every_alarm_and_the_quarantine_threshold(namespaced_stack: Stack) -> None:
-    (dashboard,) = namespaced_stack.of_type("AWS::CloudWatch::Dashboard").values()
-    widgets = json.loads(dashboard["Properties"]["DashboardBody"])["widgets"]
-    (alarms,) = (w["properties"]["alarms"] for w in widgets if w["type"] == "alarm")
-    assert sorted(alarms) == sorted(f"<{alarm_id}.Arn>" for alarm_id in ALARMS)
+def test_dashboard_shows_every_alarm_on_top_and_the_quarantine_threshold(namespaced_stack: Stack) -> None:
+    widgets = dashboard_widgets(namespaced_stack)
+    (alarms,) = (w for w in widgets if w["type"] == "alarm")
+    assert sorted(alarms["properties"]["alarms"]) == sorted(f"<{alarm_id}.Arn>" for alarm_id in ALARMS)
+    assert (alarms["x"], alarms["y"]) == (0, 0)
+    (text,) = (w for w in widgets if w["type"] == "text")
+    assert text["y"] == 0
+    assert "Emergency stop" in text["properties"]["markdown"]
+    assert f"Version {__version__}" in text["properties"]["markdown"]
     (oldest,) = (
         w for w in widgets if w["type"] == "metric" and w["properties"]["metrics"][0][1] == "OldestQuarantineSeconds"
     )
     assert oldest["properties"]["annotations"]["horizontal"][0]["value"] == 1800  # QuarantineAlarmSeconds
+
+
+def test_dashboard_widgets_fit_the_grid_without_overlapping(stack: Stack) -> None:
+    taken: set[tuple[int, int]] = set()
+    for widget in dashboard_widgets(stack):
+        x, y, width, height = (int(widget[k]) for k in ("x", "y", "width", "height"))
+        assert x + width <= 24, widget
+        cells = {(x + i, y + j) for i in range(width) for j in range(height)}
+        assert not cells & taken, widget
+        taken |= cells
+
+
+def test_dashboard_shows_duration_against_each_timeout(stack: Stack) -> None:
+    (duration,) = (
+        w for w in dashboard_widgets(stack) if w["type"] == "metric" and w["properties"]["metrics"][0][1] == "Duration"
+    )
+    lines = {m[3]: m[-1]["label"] for m in duration["properties"]["metrics"]}
+    timeouts = {a["label"]: a["value"] for a in duration["properties"]["annotations"]["horizontal"]}
+    for function in (REACTOR, POLLER):
+        label = lines[f"<Ref:{function}>"].replace("maximum", "timeout")
+        assert timeouts[label] == 1000 * stack.properties(function)["Timeout"], function
+    assert duration["properties"]["stat"] == "Maximum"
+
+
+def test_dashboard_lists_the_last_removals_with_their_reasons(stack: Stack) -> None:
+    (removals,) = (w for w in dashboard_widgets(stack) if w["type"] == "log")
+    query = removals["properties"]["query"]
+    for log_group in ("TaskStateReactorLogGroup", "HealthPollerLogGroup"):
+        assert f"SOURCE '<Ref:{log_group}>'" in query
+    for message in (REMOVED_MESSAGE, DRY_RUN_REMOVED_MESSAGE):  # the reporting module's own log lines
+        assert f'message = "{message}"' in query
+    fields = re.search(r"\| fields ([^|]+)\|", query)
+    assert fields
+    assert {"reason", "outcome", "ecs_service", "task_arn", "cloudmap_service_id"} <= {
+        f.strip() for f in fields.group(1).split(",")
+    }
+    assert "sort @timestamp desc" in query
 
 
 def test_outputs(stack: Stack) -> None:
@@ -1156,9 +1290,11 @@ def test_outputs(stack: Stack) -> None:
     assert outputs["HealthPollerFunctionArn"] == f"<{POLLER}.Arn>"
     assert outputs["DeadLetterQueueUrl"] == "<Ref:DeadLetterQueue>"
     assert outputs["LedgerTableName"] == f"<Ref:{LEDGER}>"
-    assert outputs["AlarmTopicArn"] == "<Ref:AlarmTopic>"
+    assert outputs["AlarmTopicArn"] == PAGE
+    assert outputs["WarningTopicArn"] == WARNING
     assert outputs["DashboardName"] == "<Ref:Dashboard>"
     assert outputs["DashboardUrl"].startswith(f"https://{REGION}.console.aws.amazon.com/cloudwatch/")
+    assert outputs["Version"] == __version__, "the Version output must follow cloudmap_reactor.__version__"
 
 
 # --------------------------------------------------------------------------------------------

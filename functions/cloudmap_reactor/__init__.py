@@ -9,4 +9,4 @@ Layout (handler -> core -> adapters):
 * ``observability``  the one Logger, Tracer and Metrics of the application.
 """
 
-__version__ = "0.2.0"  # also the package version (pyproject.toml) and the probes' User-Agent
+__version__ = "0.3.0"  # also the package version (pyproject.toml) and the probes' User-Agent

@@ -1,11 +1,16 @@
-"""The `cloudmap-reactor` command: look at an account before deploying, replay the dead-letter queue.
+"""The `cloudmap-reactor` command: look at an account before deploying, operate a deployed stack.
 
-``doctor`` and ``plan`` use the caller's normal AWS credentials, profile and region (or the local
-emulator through ``AWS_ENDPOINT_URL``), the same adapters and the same decisions as the functions.
-They can only read: every client they create refuses, before sending, any operation that is not a
-Describe, List or Get (and, for DynamoDB, Query), so no deregistration, registration, deployment
-or ledger write is reachable from them. The quarantine ledger is read when its table is known:
-the deployed stack's ``LedgerTableName`` output (``--stack``) or ``--ledger-table``.
+Every report starts with the account (``sts:GetCallerIdentity``), the region (and where it came
+from), the stack (``--stack``, found by name) and what the command found; an empty account or
+region is a loud warning, not a clean bill of health. Every command has ``--json``.
+
+``doctor``, ``plan`` and ``status`` use the caller's normal AWS credentials, profile and region
+(or the local emulator through ``AWS_ENDPOINT_URL``), the same adapters and the same decisions as
+the functions. They can only read: every client they create refuses, before sending, any
+operation that is not a Describe, List or Get (and, for DynamoDB, Query), so no deregistration,
+registration, deployment or ledger write is reachable from them. The quarantine ledger is read
+when its table is known: the deployed stack's ``LedgerTableName`` output (``--stack``) or
+``--ledger-table``.
 
 * ``doctor``: per cluster and per Service Connect / service-discovery service, Cloud Map next to
   ECS: discovery names, instances vs running tasks, instances that match no task ECS knows (the
@@ -14,14 +19,18 @@ the deployed stack's ``LedgerTableName`` output (``--stack``) or ``--ledger-tabl
   start-order drift, tasks ECS stopped and left registered, instances whose attribute keys differ
   from their siblings' (say, a restore that did not put back what ECS wrote), and per service the
   quarantined instances and what the poller would do with them. Exit 1 when something needs
-  attention, 0 when not, 2 on error.
+  attention (an unreadable cluster, no cluster at all), 0 when not, 2 on error.
 * ``plan``: one poller pass in dry-run mode: exactly which instances it would deregister and why,
   and with the ledger which quarantined instances it would register again, forget or replace.
+  Exit 1 when part of the account could not be read or no cluster was found.
+* ``status``: one screen on a deployed stack (``cloudmap_reactor.status``).
 
-``redrive`` is the one command that writes: it replays the dead-letter queue through the deployed
-reactor (Lambda Invoke) and deletes what the reactor handled (SQS), so it gets plain clients, never
-the read-only ones (``--dry-run`` only lists). The logic is in ``cloudmap_reactor.redrive``.
-Exit 0 when nothing failed, 1 when some messages failed and stay queued, 2 when it could not run.
+``undo`` (``cloudmap_reactor.undo``) is a dry run unless ``--apply``; with it, its clients may
+also send exactly ``servicediscovery:RegisterInstance`` and ``dynamodb:DeleteItem``. ``redrive``
+replays the dead-letter queue through the deployed reactor (Lambda Invoke) and deletes what the
+reactor handled (SQS), so it gets plain clients (``--dry-run`` only lists). The logic is in
+``cloudmap_reactor.redrive``. Exit 0 when nothing failed, 1 when some messages failed and stay
+queued, 2 when it could not run.
 """
 
 from __future__ import annotations
@@ -29,37 +38,54 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import Any, NamedTuple
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cloudmap_reactor import __version__, redrive, review
+from cloudmap_reactor import __version__, redrive, review, status, undo
 from cloudmap_reactor.adapters.clients import CLIENT_CONFIG
+from cloudmap_reactor.adapters.cloudmap import CloudMapDeregistrar
+from cloudmap_reactor.adapters.clusters import ClusterDirectory
 from cloudmap_reactor.adapters.ecs import EcsReader
 from cloudmap_reactor.adapters.ledger import DynamoDbLedger
 from cloudmap_reactor.config import ConfigError, Policy
+from cloudmap_reactor.context import (
+    CommandError,
+    Context,
+    aws_target,
+    open_context,
+    stack_outputs,
+    stack_parameters,
+    with_context,
+)
 from cloudmap_reactor.core.diagnosis import ServiceDiagnosis
 from cloudmap_reactor.core.model import TagScope
 from cloudmap_reactor.core.ports import AwsCallFailed
+from cloudmap_reactor.poller.acting import Actor
 from cloudmap_reactor.poller.reading import PassReader
 
 READ_OPERATIONS = ("Describe", "List", "Get")
 # Reads named otherwise, per service (botocore's service name). DynamoDB's GetItem is a Get.
 READ_OPERATIONS_OF = {"dynamodb": ("Query",)}
+# The only writes ``undo --apply`` may send: put an instance back, delete its quarantine record.
+UNDO_WRITES = {"servicediscovery": ("RegisterInstance",), "dynamodb": ("DeleteItem",)}
 LEDGER_TABLE_OUTPUT = "LedgerTableName"  # the stack output naming the quarantine ledger (template.yaml)
+ENABLED_PARAMETER = "Enabled"  # the emergency stop (template.yaml, when present)
+FAILURES = (AwsCallFailed, ClientError, BotoCoreError, ConfigError, CommandError)
 
 
 class MutationRefused(RuntimeError):
     """A non-read AWS operation was attempted from the read-only commands."""
 
 
-def refuse_mutations(model: Any, **_: Any) -> None:
-    """botocore ``before-call`` hook: only reads leave this process."""
+def refuse_mutations(model: Any, allowed: Mapping[str, tuple[str, ...]] | None = None, **_: Any) -> None:
+    """botocore ``before-call`` hook: only reads (and ``allowed`` writes, per service) leave this process."""
     service = model.service_model.service_name
-    if not model.name.startswith(READ_OPERATIONS + READ_OPERATIONS_OF.get(service, ())):
+    permitted = READ_OPERATIONS + READ_OPERATIONS_OF.get(service, ()) + (allowed or {}).get(service, ())
+    if not model.name.startswith(permitted):
         raise MutationRefused(f"{service}:{model.name} is not a read operation")
 
 
@@ -68,49 +94,74 @@ class ReadOnlyClients(NamedTuple):
     cloudmap: Any
     cloudformation: Any
     dynamodb: Any  # the quarantine ledger: Query and GetItem only
+    sts: Any  # GetCallerIdentity: who and where
 
 
-def read_only_clients(profile: str | None, region: str | None) -> ReadOnlyClients:
-    """ECS, Cloud Map, CloudFormation and DynamoDB clients that can only read."""
-    session = boto3.Session(profile_name=profile, region_name=region)
-    clients = ReadOnlyClients(
-        ecs=session.client("ecs", config=CLIENT_CONFIG),
-        cloudmap=session.client("servicediscovery", config=CLIENT_CONFIG),
-        cloudformation=session.client("cloudformation", config=CLIENT_CONFIG),
-        dynamodb=session.client("dynamodb", config=CLIENT_CONFIG),
+def read_only_client(session: Any, service: str, writes: Mapping[str, tuple[str, ...]] | None = None) -> Any:
+    """A client of ``service`` that refuses, before sending, every operation but reads and ``writes``."""
+    client = session.client(service, config=CLIENT_CONFIG)
+    allowed = dict(writes or {})
+    client.meta.events.register_first("before-call", lambda model, **kw: refuse_mutations(model, allowed, **kw))
+    return client
+
+
+def read_only_clients(session: Any, writes: Mapping[str, tuple[str, ...]] | None = None) -> ReadOnlyClients:
+    """ECS, Cloud Map, CloudFormation, DynamoDB and STS clients that can only read (and ``writes``)."""
+    return ReadOnlyClients(
+        *(
+            read_only_client(session, s, writes)
+            for s in ("ecs", "servicediscovery", "cloudformation", "dynamodb", "sts")
+        )
     )
-    for client in clients:
-        client.meta.events.register_first("before-call", refuse_mutations)
-    return clients
 
 
 def describe_stack(cloudformation: Any, name: str) -> dict[str, Any]:
-    """The stack as CloudFormation describes it (parameters included)."""
-    stack: dict[str, Any] = cloudformation.describe_stacks(StackName=name)["Stacks"][0]
+    """The stack as CloudFormation describes it (parameters and outputs included)."""
+    try:
+        stack: dict[str, Any] = cloudformation.describe_stacks(StackName=name)["Stacks"][0]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ValidationError":  # CloudFormation's "does not exist"
+            raise
+        region = cloudformation.meta.region_name
+        raise CommandError(f"stack {name} not found in {region} (wrong region or account?): {exc}") from exc
     return stack
 
 
-def policy_of(args: argparse.Namespace, cloudformation: Any) -> Policy:
-    """The deployed stack's policy (``--stack``), or the defaults with the command line's overrides.
+def _start(args: argparse.Namespace, writes: Mapping[str, tuple[str, ...]] | None = None) -> tuple[Context, Any]:
+    """The clients of a read-only command and its context: caller, region, the stack when named."""
+    target = aws_target(args.profile, args.region)
+    clients = read_only_clients(target.session, writes)
+    stack = describe_stack(clients.cloudformation, args.stack) if args.stack else None
+    return open_context(clients.sts, target, args.stack, stack), clients
+
+
+# Options of doctor and plan that override a policy field, with or without --stack: field -> option.
+OVERRIDES = {
+    "min_healthy_percent": "min_healthy_percent",
+    "tag_scope": "tag_scope",
+    "stale_check_every_endpoint": "all_endpoints",
+}
+
+
+def policy_of(args: argparse.Namespace, context: Context) -> Policy:
+    """The deployed stack's policy (``--stack``), or the defaults; either with the command line's overrides.
 
     Its ``ledger_table`` is the quarantine ledger to read: ``--ledger-table``, else the stack's
     ``LedgerTableName`` output; empty (not read) without either. It is set in the policy, as
     ``LEDGER_TABLE`` is in the poller's, because the decisions follow it (readiness, records).
     """
-    if args.stack:
-        stack = describe_stack(cloudformation, args.stack)
-        parameters = {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters", [])}
-        outputs = {o["OutputKey"]: o.get("OutputValue", "") for o in stack.get("Outputs", [])}
-        table = args.ledger_table or outputs.get(LEDGER_TABLE_OUTPUT, "")
-        return Policy.from_stack_parameters(parameters, env={"LEDGER_TABLE": table})
-    overrides = {
-        "TAG_SCOPE": args.tag_scope or "",
-        "STALE_CHECK_ALL_ENDPOINTS": str(args.all_endpoints).lower(),
-        "LEDGER_TABLE": args.ledger_table or "",
-    }
-    if args.min_healthy_percent is not None:
-        overrides["MIN_HEALTHY_PERCENT"] = args.min_healthy_percent
-    return Policy.from_env(overrides)
+    given = {name: getattr(args, option) for name, option in OVERRIDES.items() if getattr(args, option)}
+    table = args.ledger_table or stack_outputs(context.stack).get(LEDGER_TABLE_OUTPUT, "")
+    env = {"LEDGER_TABLE": table, "AWS_REGION": context.target.region}
+    overridden = f" overridden by {', '.join('--' + OVERRIDES[n].replace('_', '-') for n in given)}" if given else ""
+    if context.stack is None:
+        context.settings = f"built-in defaults (no --stack: not a deployed stack's parameters){overridden}"
+        return Policy.from_env({**env, **{Policy.environment_of(n)[0]: str(v).lower() for n, v in given.items()}})
+    parameters = stack_parameters(context.stack)
+    context.settings = f"the deployed stack's {len(parameters)} parameters{overridden}"
+    for name, value in given.items():
+        parameters[Policy.environment_of(name)[1] or ""] = str(value).lower()
+    return Policy.from_stack_parameters(parameters, env=env)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -131,9 +182,28 @@ def _parser() -> argparse.ArgumentParser:
         description="Read-only: one poller pass in dry-run mode: which instances it would deregister and why; "
         "with the quarantine ledger, which quarantined instances it would register again, forget or replace.",
     )
+    commands.add_parser(
+        "status",
+        parents=[_common_options(stack_required=True), _ledger_option()],
+        help="read-only: one screen on a deployed stack: version, switches, quarantine, dead letters, alarms",
+        description="Read-only: the deployed stack's version and switches, the quarantined instances, the "
+        "dead-letter queue's depth, its alarms in ALARM and the poller's last heartbeat.",
+    )
+    _undo_options(
+        commands.add_parser(
+            "undo",
+            parents=[_common_options(), _ledger_option()],
+            help="register again the instances the quarantine took out in a time range (dry run unless --apply)",
+            description="Register again, from the quarantine ledger, the instances taken out for health in a "
+            "time range whose task ECS still reports RUNNING, with exactly their recorded attributes; then "
+            "delete their records. A dry run unless --apply. Removals of stopping tasks cannot be undone. "
+            "Disable the functions first (Enabled=false), or the poller may take them out again.",
+        )
+    )
     _redrive_options(
         commands.add_parser(
             "redrive",
+            parents=[_common_options(stack_flags=("--stack", "--stack-name"))],
             help="replay the dead-letter queue through the reactor (writes: Lambda Invoke, SQS delete)",
             description="Replay the cloudmap-reactor dead-letter queue through TaskStateReactorFunction, "
             "deleting each message the function handled.",
@@ -142,33 +212,62 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_only_options() -> argparse.ArgumentParser:
-    """The options of doctor and plan (a parent parser: each subcommand gets its own copy)."""
+def _common_options(
+    *, stack_required: bool = False, stack_flags: tuple[str, ...] = ("--stack",)
+) -> argparse.ArgumentParser:
+    """What every command takes: where to look, and how to answer."""
     options = argparse.ArgumentParser(add_help=False)
-    options.add_argument("--cluster", action="append", default=[], help="cluster name or ARN (repeat; default: all)")
-    options.add_argument("--profile", help="AWS profile (default: the usual credential chain)")
-    options.add_argument("--region", help="AWS region (default: the profile's or AWS_REGION)")
+    options.add_argument("--profile", help="AWS named profile (default: AWS_PROFILE, else the default chain)")
+    options.add_argument(
+        "--region",
+        help="AWS region (default: AWS_REGION, else AWS_DEFAULT_REGION, else the profile's region; "
+        "the report says which was used)",
+    )
     options.add_argument("--json", action="store_true", help="machine-readable output")
     options.add_argument(
-        "--stack",
-        help="judge with this deployed stack's parameters and read its quarantine ledger (CloudFormation stack name)",
+        *stack_flags,
+        dest="stack",
+        metavar="NAME",
+        required=stack_required,
+        help="the deployed CloudFormation stack (its parameters and outputs are read)",
     )
+    return options
+
+
+def _ledger_option() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
     options.add_argument(
         "--ledger-table",
         metavar="NAME",
         help=f"the quarantine ledger (DynamoDB table) to read (default: the stack's {LEDGER_TABLE_OUTPUT} "
         "output with --stack; otherwise not read)",
     )
-    options.add_argument("--min-healthy-percent", help="fail-open guard (default: the policy's, 50)")
+    return options
+
+
+def _read_only_options() -> argparse.ArgumentParser:
+    """The options of doctor and plan (a parent parser: each subcommand gets its own copy)."""
+    options = argparse.ArgumentParser(add_help=False, parents=[_common_options(), _ledger_option()])
+    options.add_argument("--cluster", action="append", default=[], help="cluster name or ARN (repeat; default: all)")
+    options.add_argument(
+        "--min-healthy-percent", help="fail-open guard (default: the stack's with --stack, else the policy's, 50)"
+    )
     options.add_argument("--tag-scope", choices=[s.value for s in TagScope], help="default: the policy's, opt-out")
     options.add_argument("--all-endpoints", action="store_true", help="start order: every endpoint is a dependency")
     return options
 
 
+def _undo_options(parser: argparse.ArgumentParser) -> None:
+    when = parser.add_mutually_exclusive_group(required=True)
+    when.add_argument("--since", type=_duration, metavar="DURATION", help="taken out in the last 90s, 30m, 2h, 1d")
+    when.add_argument("--from", dest="start", type=_time, metavar="TIME", help="taken out at or after (ISO 8601, UTC)")
+    parser.add_argument("--to", dest="end", type=_time, metavar="TIME", help="… and at or before (default: now)")
+    parser.add_argument("--cluster", action="append", default=[], help="only this cluster (name or ARN; repeat)")
+    parser.add_argument("--service", action="append", default=[], help="only this ECS service (name; repeat)")
+    parser.add_argument("--apply", action="store_true", help="register and delete the records (default: dry run)")
+
+
 def _redrive_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stack-name", help="stack whose outputs name the queue and the function")
-    parser.add_argument("--region", help="AWS region (default: the profile's or the environment's)")
-    parser.add_argument("--profile", help="AWS named profile")
     parser.add_argument("--queue-url", help=f"dead-letter queue URL (default: the stack's {redrive.QUEUE_URL_OUTPUT})")
     parser.add_argument(
         "--function-name", help=f"function name or ARN (default: the stack's {redrive.FUNCTION_OUTPUT})"
@@ -195,16 +294,38 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _duration(text: str) -> float:
+    try:
+        return undo.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _time(text: str) -> float:
+    try:
+        return undo.parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "redrive":  # writes, with its own clients and error handling
-        return _redrive(args)
-    # doctor and plan only read: their clients come from read_only_clients (refuse_mutations).
+    commands = {"doctor": _doctor, "plan": _plan, "status": _status, "undo": _undo, "redrive": _redrive}
     try:
-        return _doctor(args) if args.command == "doctor" else _plan(args)
-    except (AwsCallFailed, ClientError, BotoCoreError, MutationRefused, ConfigError) as exc:
+        return commands[args.command](args)
+    except (*FAILURES, MutationRefused) as exc:
         print(f"cloudmap-reactor {args.command}: {exc}", file=sys.stderr)
         return 2
+
+
+def _emit(args: argparse.Namespace, context: Context, document: Mapping[str, Any], text: Sequence[str]) -> None:
+    """The report: JSON under its context, or the context's lines then ``text``; warnings again on stderr."""
+    if args.json:
+        print(json.dumps(with_context(context, document), indent=2))
+    else:
+        print("\n".join([*context.lines(), *text]))
+    for warning in context.warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
 
 
 class ReadOnlyFleet(NamedTuple):
@@ -212,16 +333,45 @@ class ReadOnlyFleet(NamedTuple):
     policy: Policy
     clusters: list[str]
     ledger: DynamoDbLedger | None  # None: no ledger table known, so the quarantine is not read
+    context: Context
 
 
 def _read_only_fleet(args: argparse.Namespace) -> ReadOnlyFleet:
     """The poller's reader and ledger over read-only clients, the policy to judge with, and the clusters."""
-    clients = read_only_clients(args.profile, args.region)
-    policy = policy_of(args, clients.cloudformation)
-    clusters = args.cluster or list(policy.cluster_arns) or EcsReader(clients.ecs).list_cluster_arns()
+    context, clients = _start(args)
+    policy = policy_of(args, context)
+    tag = policy.cluster_tag_pair
+    if args.cluster:
+        clusters, source = list(args.cluster), "named with --cluster"
+    elif policy.cluster_arns:
+        clusters, source = list(policy.cluster_arns), "the stack's ClusterArns"
+    else:
+        clusters = _clusters_in_scope(clients.ecs, policy)
+        source = f"those tagged {tag[0]}={tag[1]} (the stack's ClusterTag)" if tag else "every cluster of the region"
+    names = ", ".join(c.rsplit("/", 1)[-1] for c in clusters)
+    context.found.append(f"{len(clusters)} ECS cluster(s), {source}" + (f": {names}" if names else ""))
+    if not clusters:
+        context.warn(
+            f"0 ECS clusters in account {context.account}, region {context.target.region}: nothing was checked "
+            "(wrong account, region or profile?)"
+        )
     policy = replace(policy, cluster_arns=tuple(clusters))
     ledger = DynamoDbLedger(clients.dynamodb, policy.ledger_table) if policy.ledger_table else None
-    return ReadOnlyFleet(review.reader_for(clients.ecs, clients.cloudmap, policy), policy, clusters, ledger)
+    reader = review.reader_for(clients.ecs, clients.cloudmap, policy)
+    return ReadOnlyFleet(reader, policy, clusters, ledger, context)
+
+
+def _incomplete(context: Context, skipped: Sequence[Mapping[str, str]], failures: Sequence[Mapping[str, str]]) -> None:
+    if skipped:
+        context.warn(f"{len(skipped)} cluster(s) could not be read: the report leaves them out (see below)")
+    if failures:
+        context.warn(f"part of {len(failures)} service(s) could not be read: the report is incomplete (see below)")
+
+
+def _clusters_in_scope(ecs: Any, policy: Policy) -> list[str]:
+    """Every cluster of the account and region, or those carrying the stack's ``ClusterTag``."""
+    tag = policy.cluster_tag_pair
+    return ClusterDirectory(ecs, *tag).tagged() if tag else EcsReader(ecs).list_cluster_arns()
 
 
 NO_LEDGER = "quarantine ledger not read (give --stack or --ledger-table): quarantined instances are not shown"
@@ -234,24 +384,38 @@ def _doctor(args: argparse.Namespace) -> int:
     report = review.doctor(fleet.reader, fleet.policy, fleet.clusters, fleet.ledger)
     diagnosis = report.diagnosis
     skipped = [{"cluster": s.cluster_arn, "reason": s.reason, "error": s.error} for s in report.skipped]
-    attention = diagnosis.needs_attention or bool(skipped) or report.ledger_error is not None
-    if args.json:
-        services = [{**asdict(s), "needs_attention": s.needs_attention} for s in diagnosis.services]
-        ledger = {
-            "table": fleet.policy.ledger_table or None,
-            "read": report.ledger_read,
-            "records": report.ledger_records,
-            "unreadable_items": report.ledger_unreadable,
-            "error": report.ledger_error,
-        }
-        document = {"needs_attention": attention, "services": services, "clusters_not_scanned": skipped}
-        print(json.dumps({**document, "ledger": ledger}, indent=2))
-    else:
-        print(_doctor_table(diagnosis.services))
-        for s in skipped:
-            print(f"could not read {s['cluster']} ({s['reason']}): {s['error']}")
-        print(_ledger_line(fleet.policy.ledger_table, report))
+    failures = [{"cluster": f.cluster_arn, "service": f.service_name, "error": f.error} for f in report.read_failures]
+    _incomplete(fleet.context, skipped, failures)
+    attention = diagnosis.needs_attention or bool(fleet.context.warnings) or report.ledger_error is not None
+    services = [{**asdict(s), "needs_attention": s.needs_attention} for s in diagnosis.services]
+    ledger = {
+        "table": fleet.policy.ledger_table or None,
+        "read": report.ledger_read,
+        "records": report.ledger_records,
+        "unreadable_items": report.ledger_unreadable,
+        "error": report.ledger_error,
+    }
+    document = {
+        "needs_attention": attention,
+        "services": services,
+        "clusters_not_scanned": skipped,
+        "read_failures": failures,
+        "ledger": ledger,
+    }
+    text = [
+        _doctor_table(diagnosis.services),
+        *_unread_lines(skipped, failures),
+        _ledger_line(fleet.policy.ledger_table, report),
+    ]
+    _emit(args, fleet.context, document, text)
     return 1 if attention else 0
+
+
+def _unread_lines(skipped: Sequence[Mapping[str, str]], failures: Sequence[Mapping[str, str]]) -> list[str]:
+    """What could not be read: whole clusters, then parts of services."""
+    return [f"could not read {s['cluster']} ({s['reason']}): {s['error']}" for s in skipped] + [
+        f"could not read part of {f['cluster'].rsplit('/', 1)[-1]}/{f['service']}: {f['error']}" for f in failures
+    ]
 
 
 def _ledger_line(table: str, report: review.DoctorReport) -> str:
@@ -337,8 +501,9 @@ def _plan(args: argparse.Namespace) -> int:
     fleet = _read_only_fleet(args)
     result = review.plan(fleet.reader, fleet.policy, fleet.ledger)
     plan = review.plan_report(result, fleet.policy.ledger_table if fleet.ledger is not None else None)
-    print(json.dumps(plan, indent=2) if args.json else "\n".join([*_quarantine_lines(plan), *_plan_lines(plan)]))
-    return 2 if result.skipped_clusters else 0
+    _incomplete(fleet.context, plan["clusters_not_scanned"], plan["read_failures"])
+    _emit(args, fleet.context, plan, [*_quarantine_lines(plan), *_plan_lines(plan)])
+    return 1 if fleet.context.warnings else 0
 
 
 def _quarantine_lines(plan: dict[str, Any]) -> list[str]:
@@ -392,8 +557,7 @@ def _plan_lines(plan: dict[str, Any]) -> list[str]:
         lines.append(f"would leave {instance}: it matches no task ECS knows (counted as an orphan)")
     for name in plan["stale_clients"]:
         lines.append(f"stale Service Connect client: {name} (tasks started before an endpoint they depend on)")
-    for skipped in plan["clusters_not_scanned"]:
-        lines.append(f"could not read {skipped['cluster']} ({skipped['reason']}): {skipped['error']}")
+    lines += _unread_lines(plan["clusters_not_scanned"], plan["read_failures"])
     if not any(value for key, value in plan.items() if key not in ("ledger", "quarantined")):
         lines.append("nothing to do")
     if plan["ledger"]["table"] is None:
@@ -403,13 +567,82 @@ def _plan_lines(plan: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _status(args: argparse.Namespace) -> int:
+    context, clients = _start(args)
+    outputs = stack_outputs(context.stack)
+    table = args.ledger_table or outputs.get(LEDGER_TABLE_OUTPUT, "")
+    ledger = DynamoDbLedger(clients.dynamodb, table) if table else None
+    if ledger is None:
+        context.warn(f"no quarantine ledger (the stack has no {LEDGER_TABLE_OUTPUT} output): quarantine not shown")
+    session = context.target.session
+    found = status.gather(
+        context.stack or {},
+        cloudformation=clients.cloudformation,
+        cloudwatch=read_only_client(session, "cloudwatch"),
+        sqs=read_only_client(session, "sqs"),
+        ledger=ledger,
+        errors=(*FAILURES, MutationRefused),
+    )
+    context.found.append(
+        f"ledger {table or '-'}, dead-letter queue {outputs.get(status.QUEUE_OUTPUT) or '-'}, "
+        f"{len(found.alarms or {})} alarm(s)"
+    )
+    if found.switches.get(ENABLED_PARAMETER) == "false":
+        context.warn("the functions are disabled (Enabled=false): nothing is taken out or put back")
+    context.warnings += [f"could not read {problem}" for problem in found.problems]
+    _emit(args, context, found.as_json(), found.lines())
+    return 1 if found.needs_attention else 0
+
+
+def _undo(args: argparse.Namespace) -> int:
+    now = time.time()
+    window = undo.Window(now - args.since, now) if args.since is not None else undo.Window(args.start, args.end or now)
+    if window.start > window.end:
+        raise CommandError(f"--from {undo.iso(window.start)} is after --to {undo.iso(window.end)}")
+    context, clients = _start(args, UNDO_WRITES if args.apply else None)
+    table = args.ledger_table or stack_outputs(context.stack).get(LEDGER_TABLE_OUTPUT, "")
+    if not table:
+        raise CommandError("no quarantine ledger: give --stack (its LedgerTableName output) or --ledger-table")
+    _warn_unless_stopped(context)
+    ledger = DynamoDbLedger(clients.dynamodb, table)
+    ecs = EcsReader(clients.ecs)
+    registrar = CloudMapDeregistrar(clients.cloudmap)
+    actor = Actor(remover=registrar, registrar=registrar, ledger=ledger, tasks=ecs) if args.apply else None
+    report = undo.undo(ledger, ecs, window, actor=actor, clusters=args.cluster, services=args.service)
+    in_window = f"{len(report.entries)} taken out from {undo.iso(window.start)} to {undo.iso(window.end)}"
+    context.found.append(f"{report.records} quarantine record(s) in {table}, {in_window}")
+    if report.unreadable:
+        context.warn(f"{report.unreadable} ledger item(s) are not quarantine records: never acted on")
+    _emit(args, context, report.as_json(), [*(e.line() for e in report.entries), report.summary()])
+    return 1 if report.count(undo.Outcome.FAILED) else 0
+
+
+def _warn_unless_stopped(context: Context) -> None:
+    """``undo`` is only lasting while the functions do nothing: say so unless the stack is switched off."""
+    parameters = stack_parameters(context.stack)
+    again = "the poller may take the instances out again while they are unhealthy"
+    if context.stack is None:
+        context.warn(f"no --stack: cannot tell whether the functions are stopped; if they run, {again}")
+    elif ENABLED_PARAMETER not in parameters:
+        if parameters.get("DryRun", "false").lower() != "true":
+            context.warn(
+                f"this stack has no {ENABLED_PARAMETER} switch and DryRun is off: {again}; set DryRun=true first"
+            )
+    elif parameters[ENABLED_PARAMETER].lower() != "false":
+        context.warn(
+            f"the stack's functions are not disabled ({ENABLED_PARAMETER}={parameters[ENABLED_PARAMETER]}): "
+            f"{again}; set {ENABLED_PARAMETER}=false first"
+        )
+
+
 def _redrive(args: argparse.Namespace) -> int:
     """Not read-only: plain clients, so it can invoke the function and delete what it handled."""
     try:
-        session = boto3.Session(profile_name=args.profile, region_name=args.region)
+        target = aws_target(args.profile, args.region)
+        session = target.session
         queue_url, function_name = redrive.resolve_target(
             session.client("cloudformation"),
-            stack_name=args.stack_name,
+            stack_name=args.stack,
             queue_url=args.queue_url,
             function_name=args.function_name,
         )
@@ -420,12 +653,21 @@ def _redrive(args: argparse.Namespace) -> int:
             wait_seconds=redrive.WAIT_SECONDS,
         )
         deliver = redrive.LambdaDelivery(session.client("lambda", config=redrive.LAMBDA_CONFIG), function_name)
-        print(f"{'Dry run: ' if args.dry_run else ''}redriving {queue_url}\n  through {function_name}")
-        summary = redrive.redrive(queue, deliver, max_messages=args.max_messages, dry_run=args.dry_run)
-    except (redrive.SetupError, BotoCoreError, ClientError) as exc:
+        context = open_context(session.client("sts"), target, args.stack, None)
+        context.found.append(f"dead-letter queue {queue_url}, function {function_name}")
+        if not args.json:
+            print("\n".join(context.lines()))
+            print(f"{'Dry run: ' if args.dry_run else ''}redriving {queue_url}\n  through {function_name}")
+        report = (lambda line: print(line, file=sys.stderr)) if args.json else print
+        summary = redrive.redrive(queue, deliver, max_messages=args.max_messages, dry_run=args.dry_run, report=report)
+    except (redrive.SetupError, BotoCoreError, ClientError, CommandError) as exc:
         print(f"cloudmap-reactor redrive: {exc}", file=sys.stderr)
         return 2
-    print(summary.line(dry_run=args.dry_run))
+    if args.json:
+        document = {"dry_run": args.dry_run, **asdict(summary)}
+        print(json.dumps(with_context(context, document), indent=2))
+    else:
+        print(summary.line(dry_run=args.dry_run))
     return 1 if summary.failed else 0
 
 

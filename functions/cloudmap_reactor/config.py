@@ -26,6 +26,7 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _RATE = re.compile(r"^rate\(([1-9][0-9]{0,4}) (minute|minutes|hour|hours|day|days)\)$")
+_CLUSTER_TAG = re.compile(r"^[^=,]{1,128}=[^,]{0,256}$")  # as the template's ClusterTag pattern
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 _CRON = re.compile(r"^cron\([^()]{9,200}\)$")
 _UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
@@ -55,7 +56,12 @@ class Policy:
     """Everything the functions read from their environment (the only home of defaults)."""
 
     cluster_arns: tuple[str, ...] = _setting((), "CLUSTER_ARNS", "ClusterArns")  # empty: every cluster
+    # Emergency stop: false makes both functions return at once, without any AWS call.
+    enabled: bool = _setting(True, "ENABLED", "Enabled")
+    # key=value: the clusters carrying this tag (found by ListClusters + DescribeClusters); empty: not used
+    cluster_tag: str = _setting("", "CLUSTER_TAG", "ClusterTag")
     dry_run: bool = _setting(False, "DRY_RUN", "DryRun")
+    # POWERTOOLS_LOG_LEVEL, when set, wins over LOG_LEVEL (as in Powertools; see log_level_setting).
     log_level: str = _setting("INFO", "LOG_LEVEL", "LogLevel")
     tag_scope: TagScope = _setting(TagScope.OPT_OUT, "TAG_SCOPE", "TagScope")  # noqa: RUF009 (an immutable enum)
     # Reactor
@@ -109,7 +115,8 @@ class Policy:
         """Parse ``env`` (default: ``os.environ``); raise ``ConfigError`` naming every bad variable."""
         env = os.environ if env is None else env
         problems: list[str] = []
-        values = {f.name: _parse(f, env.get(f.metadata["env"]), problems) for f in fields(cls)}
+        values = {f.name: _parse(f, env.get(f.metadata["env"]), problems) for f in fields(cls) if f.name != "log_level"}
+        values["log_level"] = _parse_log_level(*log_level_setting(env), problems)  # two variables
         region = env.get("AWS_REGION", "").strip()
         for arn in values["cluster_arns"]:
             match = CLUSTER_ARN_PATTERN.fullmatch(arn)
@@ -117,6 +124,8 @@ class Policy:
                 problems.append(f"CLUSTER_ARNS entry {arn!r} is in {match.group(1)}, not in this region ({region})")
         if len({m.group(2) for arn in values["cluster_arns"] if (m := CLUSTER_ARN_PATTERN.fullmatch(arn))}) > 1:
             problems.append("CLUSTER_ARNS names clusters of more than one account")
+        if values["cluster_arns"] and values["cluster_tag"]:
+            problems.append("CLUSTER_ARNS and CLUSTER_TAG are both set: name the clusters one way")
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
         return cls(**values)
@@ -136,8 +145,14 @@ class Policy:
         return schedule_period_seconds(self.poll_schedule)
 
     def in_scope(self, cluster_arn: str) -> bool:
-        """True when the cluster is one this deployment looks after."""
+        """True when the cluster may be one this deployment looks after (with a cluster tag: if it carries it)."""
         return not self.cluster_arns or cluster_arn in self.cluster_arns
+
+    @property
+    def cluster_tag_pair(self) -> tuple[str, str] | None:
+        """``cluster_tag`` as (key, value); None when clusters are not found by tag."""
+        key, _, value = self.cluster_tag.partition("=")
+        return (key, value) if self.cluster_tag else None
 
     @staticmethod
     def environment_of(name: str) -> tuple[str, str | None]:
@@ -172,12 +187,29 @@ def _parse(spec: Any, raw: str | None, problems: list[str]) -> Any:
     return _parse_number(spec, text, problems)
 
 
-def _parse_log_level(text: str, problems: list[str]) -> str:
-    level = text.upper() or "INFO"
-    if level in LOG_LEVELS:
-        return level
-    problems.append(f"LOG_LEVEL={level!r} is not one of {list(LOG_LEVELS)}")
-    return "INFO"
+def log_level_setting(env: Mapping[str, str]) -> tuple[str, str]:
+    """(variable, text) of the log level: ``POWERTOOLS_LOG_LEVEL`` wins over ``LOG_LEVEL``, as in Powertools.
+
+    Lambda's advanced logging controls (``AWS_LAMBDA_LOG_LEVEL``) win over both inside Powertools.
+    """
+    for name in ("POWERTOOLS_LOG_LEVEL", "LOG_LEVEL"):
+        text = (env.get(name) or "").strip()
+        if text:
+            return name, text
+    return "LOG_LEVEL", ""
+
+
+def valid_log_level(text: str) -> str | None:
+    """The level named by ``text`` (any case), or None when it names none."""
+    level = text.strip().upper() or "INFO"
+    return level if level in LOG_LEVELS else None
+
+
+def _parse_log_level(name: str, text: str, problems: list[str]) -> str:
+    level = valid_log_level(text)
+    if level is None:
+        problems.append(f"{name}={text[:40]!r} is not a log level: use one of {list(LOG_LEVELS)}")
+    return level or "INFO"
 
 
 def _parse_tag_scope(text: str, problems: list[str]) -> TagScope:
@@ -218,6 +250,13 @@ def _parse_cluster_arns(raw: str, problems: list[str]) -> tuple[str, ...]:
     return tuple(arns)
 
 
+def _parse_cluster_tag(text: str, problems: list[str]) -> str:
+    if not text or _CLUSTER_TAG.fullmatch(text):
+        return text
+    problems.append(f"CLUSTER_TAG={text[:80]!r} must be key=value (an ECS cluster tag, no commas)")
+    return ""
+
+
 def _parse_schedule(text: str, problems: list[str]) -> str:
     text = text or "rate(1 minute)"
     if _RATE.fullmatch(text) or _CRON.fullmatch(text):
@@ -249,7 +288,7 @@ def _parse_table_name(text: str, problems: list[str]) -> str:
 _PARSERS: dict[str, Callable[[str, list[str]], Any]] = {
     "ledger_table": _parse_table_name,
     "cluster_arns": _parse_cluster_arns,
+    "cluster_tag": _parse_cluster_tag,
     "poll_schedule": _parse_schedule,
-    "log_level": _parse_log_level,
     "tag_scope": _parse_tag_scope,
 }

@@ -1,24 +1,35 @@
 """The one Logger, Tracer and Metrics of the application, and the metric names operators alarm on.
 
 Powertools reads ``POWERTOOLS_SERVICE_NAME``, ``POWERTOOLS_METRICS_NAMESPACE`` and the other
-``POWERTOOLS_*`` variables itself. Metric names and the ``Reason`` dimension are a public
-interface: alarms and dashboards depend on them, so they live here and nowhere else.
+``POWERTOOLS_*`` variables itself. The service name is the ``service`` dimension of every metric
+and key of every log line; the template sets it to the stack's name, so two stacks' alarms never
+mix. Metric names and the ``Reason`` dimension are a public interface: alarms and dashboards
+depend on them, so they live here and nowhere else.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics, Tracer, single_metric
 from aws_lambda_powertools.metrics import MetricUnit
 
+from cloudmap_reactor import __version__
+from cloudmap_reactor.config import log_level_setting, valid_log_level
+
 SERVICE_NAME = os.environ.get("POWERTOOLS_SERVICE_NAME") or "cloudmap-reactor"
 
-logger = Logger(service=SERVICE_NAME)  # level comes from Settings.log_level (see wiring)
+# An explicit level, so that a bad LOG_LEVEL cannot crash this import inside Powertools: the
+# policy (wiring.policy, at the cold start) rejects it with a message naming the variable.
+# The version is a key of every log line (inject_lambda_context's clear_state keeps it).
+logger = Logger(
+    service=SERVICE_NAME, level=valid_log_level(log_level_setting(os.environ)[1]) or "INFO", version=__version__
+)
 # Nothing is patched: most AWS calls and probes run on worker threads, where X-Ray would attach
 # them to no phase. Each phase is an explicit subsegment of the handler's segment instead
 # (``traced_phase``), annotated with what it did.
@@ -47,6 +58,9 @@ class MetricName(StrEnum):
     OLDEST_QUARANTINE_SECONDS = "OldestQuarantineSeconds"
     RESTORE_ERRORS = "RestoreErrors"
     TASKS_REPLACED = "TasksReplaced"
+    DISABLED = "Disabled"  # an invocation that did nothing: Enabled=false (the emergency stop)
+    ACCESS_DENIED = "AccessDenied"  # Reason: the denied operation (the role lacks a permission)
+    CLUSTER_MISSING = "ClusterMissing"  # a configured cluster ECS does not know (once per container)
 
 
 @contextmanager
@@ -60,6 +74,28 @@ def traced_phase(name: str) -> Iterator[Callable[[str, int], None]]:
                 subsegment.put_annotation(key, number)
 
         yield annotate
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def publish_metrics(handler: Handler) -> Handler:
+    """Like Powertools' ``log_metrics``, without its warning when an invocation had nothing to count."""
+
+    @functools.wraps(handler)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(*args, **kwargs)
+        finally:
+            flush_metrics()
+
+    return wrapper  # type: ignore[return-value]
+
+
+def flush_metrics() -> None:
+    """Publish the metrics added so far; nothing (and no "No application metrics" warning) when there are none."""
+    if metrics.metric_set:
+        metrics.flush_metrics()
 
 
 def count(name: MetricName, value: float = 1) -> None:

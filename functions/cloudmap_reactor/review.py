@@ -37,7 +37,7 @@ from cloudmap_reactor.core.decisions import (
 from cloudmap_reactor.core.diagnosis import Diagnosis, diagnose_cluster
 from cloudmap_reactor.core.ports import AwsCallFailed, QuarantineLedger
 from cloudmap_reactor.poller.memory import InvocationMemory
-from cloudmap_reactor.poller.reading import ClusterSkipped, PassReader
+from cloudmap_reactor.poller.reading import ClusterSkipped, PassReader, ServiceReadFailure
 from cloudmap_reactor.poller.scanner import ALL_CLUSTERS, HealthPassResult, HealthScanner
 
 READ_SECONDS = 300.0  # a CLI run waits for slow clusters longer than a pass would
@@ -78,10 +78,7 @@ def plan_report(result: HealthPassResult, ledger_table: str | None = None) -> di
             "read": ledger_table is not None and all(s.cluster_arn != ALL_CLUSTERS for s in result.skipped_clusters),
             "unreadable_items": result.ledger_unreadable,
         },
-        "quarantined": [
-            {**_record(r), "rule": r.rule.value, "quarantined_seconds": round(max(0.0, result.now - r.since))}
-            for r in sorted(result.quarantined, key=lambda r: (r.cluster_arn, r.service_name, r.key))
-        ],
+        "quarantined": quarantine_entries(result.quarantined, result.now),
         "restore": _quarantine_actions(planned, Restore),
         "forget": _quarantine_actions(planned, Forget),
         "replace": _quarantine_actions(planned, StopTask),
@@ -115,7 +112,18 @@ def plan_report(result: HealthPassResult, ledger_table: str | None = None) -> di
         "clusters_not_scanned": [
             {"cluster": s.cluster_arn, "reason": s.reason, "error": s.error} for s in result.skipped_clusters
         ],
+        "read_failures": [
+            {"cluster": f.cluster_arn, "service": f.service_name, "error": f.error} for f in result.read_failures
+        ],
     }
+
+
+def quarantine_entries(records: Iterable[QuarantineRecord], now: float) -> list[dict[str, Any]]:
+    """The quarantined instances as ``plan`` and ``status`` show them: each record's fields, how long."""
+    return [
+        {**_record(r), "rule": r.rule.value, "quarantined_seconds": round(max(0.0, now - r.since))}
+        for r in sorted(records, key=lambda r: (r.cluster_arn, r.service_name, r.key))
+    ]
 
 
 def _record(record: QuarantineRecord) -> dict[str, str]:
@@ -140,6 +148,7 @@ def _quarantine_actions(
 class DoctorReport:
     diagnosis: Diagnosis = field(default_factory=Diagnosis)
     skipped: list[ClusterSkipped] = field(default_factory=list)
+    read_failures: list[ServiceReadFailure] = field(default_factory=list)  # parts of clusters not read
     ledger_read: bool = False  # the quarantine ledger was given and could be read
     ledger_records: int = 0
     ledger_unreadable: int = 0  # stored items that are not records
@@ -174,6 +183,7 @@ def doctor(
         if isinstance(read, ClusterSkipped):
             report.skipped.append(read)
             continue
+        report.read_failures.extend(read.failures)
         read.fresh.update(read.instances)  # nothing acts on it: every listing is as fresh as it gets
         quarantined = tuple(r for r in records if r.cluster_arn == read.cluster_arn)
         snapshot = scanner.snapshot(read, {}, quarantined, now)

@@ -8,12 +8,13 @@ from a clean container (and a changed environment).
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING
 
 from cloudmap_reactor.adapters.clients import cloudmap_client, dynamodb_client, ecs_client, reset_clients
 from cloudmap_reactor.adapters.cloudmap import CloudMapDeregistrar
+from cloudmap_reactor.adapters.clusters import ClusterDirectory
 from cloudmap_reactor.adapters.ecs import EcsReader, EcsServiceUpdater
 from cloudmap_reactor.adapters.ledger import DynamoDbLedger
 from cloudmap_reactor.adapters.rate_limit import TokenBucket
@@ -39,6 +40,7 @@ class ReactorDeps:
     fleet: EcsReader
     registry: CloudMapDeregistrar
     ledger: DynamoDbLedger | None
+    clusters: ClusterDirectory | None = None  # ClusterTag: whether an event's cluster carries the tag
 
 
 @dataclass(slots=True)
@@ -50,6 +52,7 @@ class PollerDeps:
     prober: RequestsProber | None  # None: HTTP probes are off
     ledger: DynamoDbLedger | None  # None: no LEDGER_TABLE (local runs): removals are one-way
     history: ProbeHistory | None = None  # the container's probe streaks (loaded from the ledger once)
+    missing_reported: set[str] = field(default_factory=set)  # clusters reported missing by this container
 
     def new_scanner(self, owner: str) -> HealthScanner:
         """A scanner for one invocation (``owner``: its request id, the lease holder's name)."""
@@ -107,7 +110,14 @@ def reactor_deps() -> ReactorDeps:
         fleet=fleet,
         registry=registry,
         ledger=ledger,
+        clusters=_cluster_directory(config, ttl_seconds=config.service_cache_ttl_seconds),
     )
+
+
+def _cluster_directory(config: Policy, *, ttl_seconds: float = 0.0) -> ClusterDirectory | None:
+    """The clusters carrying ``CLUSTER_TAG`` (None when clusters are not named by a tag)."""
+    tag = config.cluster_tag_pair
+    return ClusterDirectory(ecs_client(), *tag, ttl_seconds=ttl_seconds) if tag else None
 
 
 @cache
@@ -121,6 +131,7 @@ def poller_deps() -> PollerDeps:
     registry = CloudMapDeregistrar(cloudmap_client())
     ledger = DynamoDbLedger(dynamodb_client(), config.ledger_table) if config.ledger_table else None
     updater = EcsServiceUpdater(ecs)
+    directory = _cluster_directory(config)
     return PollerDeps(
         policy=config,
         reader=PassReader(
@@ -129,6 +140,7 @@ def poller_deps() -> PollerDeps:
             policy=config,
             clusters=ThreadPoolExecutor(max_workers=config.scan_concurrency, thread_name_prefix="cluster"),
             calls=calls_pool,
+            discover_clusters=directory.tagged if directory else None,
         ),
         actor=Actor(
             remover=registry, registrar=registry, ledger=ledger, redeployer=updater, stopper=updater, tasks=fleet

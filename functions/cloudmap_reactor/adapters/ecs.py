@@ -64,8 +64,25 @@ class EcsReader:
         return [s for found in _gather(futures) for s in found]
 
     def describe_tasks(self, cluster_arn: str, task_arns: Iterable[str]) -> list[TaskSnapshot]:
-        batches = _chunks(task_arns, DESCRIBE_TASKS_BATCH)
-        return [task for batch in batches for task in self._describe(cluster_arn, batch)]
+        """Tasks by id or ARN, 100 per call (concurrently with an executor); tasks ECS no longer knows are left out."""
+        batches = list(_chunks(task_arns, DESCRIBE_TASKS_BATCH))
+        if self._executor is None or len(batches) < 2:
+            return [task for batch in batches for task in self._describe(cluster_arn, batch)]
+        futures = [submit_in_context(self._executor, self._describe, cluster_arn, b) for b in batches]
+        return [task for found in _gather(futures) for task in found]
+
+    def list_task_arns(self, cluster_arn: str, service_name: str | None = None) -> list[str]:
+        """The ARNs of the tasks whose desired status is RUNNING (of one service, if named), 100 per page."""
+        only = {"serviceName": service_name} if service_name else {}
+        with aws_call("ListTasks", f"{cluster_arn} {service_name}" if service_name else cluster_arn):
+            return self._list("list_tasks", "taskArns", cluster=cluster_arn, desiredStatus="RUNNING", **only)
+
+    def container_health_check(self, task_definition_arn: str) -> bool:
+        """Whether any container of the task definition has a health check (else its tasks stay UNKNOWN)."""
+        with aws_call("DescribeTaskDefinition", task_definition_arn):
+            response = self._client.describe_task_definition(taskDefinition=task_definition_arn)
+        containers = response.get("taskDefinition", {}).get("containerDefinitions", [])
+        return any(container.get("healthCheck") for container in containers)
 
     def describe_running_tasks(self, cluster_arn: str, service_name: str | None = None) -> list[TaskSnapshot]:
         """List the tasks whose desired status is RUNNING (of one service, if named) and describe them.
@@ -173,6 +190,7 @@ def _to_ecs_service(cluster_arn: str, raw: Any) -> EcsService:
     ] + [("(registry)", registry.get("registryArn", "")) for registry in raw.get("serviceRegistries", [])]
     discovery = tuple(sorted({(name, sid) for name, arn in named if (sid := cloudmap_service_id(arn))}))
     deployments = raw.get("deployments", [])
+    created = [d["createdAt"] for d in deployments if isinstance(d.get("createdAt"), datetime)]
     primary = next((d for d in deployments if d.get("status") == "PRIMARY"), deployments[0] if deployments else {})
     connect = primary.get("serviceConnectConfiguration") or {}
     endpoints = tuple(
@@ -191,7 +209,14 @@ def _to_ecs_service(cluster_arn: str, raw: Any) -> EcsService:
         endpoints=endpoints,
         deployment_in_progress=len(deployments) > 1 or primary.get("rolloutState") == "IN_PROGRESS",
         discovery=discovery,
+        running_count=_count(raw.get("runningCount")),
+        task_definitions=tuple(sorted({str(d["taskDefinition"]) for d in deployments if d.get("taskDefinition")})),
+        deployed_since=min(created, default=None) if len(created) == len(deployments) else None,
     )
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
 
 
 class EcsServiceUpdater:

@@ -127,6 +127,12 @@ class EcsService:
     deployment_in_progress: bool = False
     # Every (discovery name, Cloud Map service id) of every deployment; "(registry)" for serviceRegistries.
     discovery: tuple[tuple[str, str], ...] = ()
+    # What DescribeServices says of its tasks: how many run, the task definitions of its
+    # deployments (a running task belongs to one of them), and when the oldest deployment was
+    # created (no running task of the service started before it).
+    running_count: int = 0
+    task_definitions: tuple[str, ...] = ()
+    deployed_since: datetime | None = None
 
     @property
     def uses_cloudmap(self) -> bool:

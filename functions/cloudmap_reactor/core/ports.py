@@ -16,6 +16,10 @@ class AwsCallFailed(Exception):
     """An AWS call failed after the SDK's own retries (throttling, 5xx, timeouts, access denied)."""
 
 
+class ClusterNotFound(AwsCallFailed):
+    """ECS has no such cluster (deleted, or a wrong ARN in the configuration): retrying cannot help."""
+
+
 class RemovalResult(Enum):
     REMOVED = "removed"
     ALREADY_GONE = "already_gone"
@@ -99,6 +103,14 @@ class FleetReader(ServiceDirectory, Protocol):
         ...
 
     def describe_tasks(self, cluster_arn: str, task_arns: Iterable[str]) -> list[TaskSnapshot]: ...
+
+    def list_task_arns(self, cluster_arn: str, service_name: str | None = None) -> list[str]:
+        """The tasks of the cluster (or of one of its services) whose desired status is RUNNING, not described."""
+        ...
+
+    def container_health_check(self, task_definition_arn: str) -> bool:
+        """Whether any container of the task definition has a health check."""
+        ...
 
 
 class HttpProber(Protocol):

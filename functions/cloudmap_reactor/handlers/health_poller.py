@@ -23,9 +23,25 @@ from cloudmap_reactor.core.http_checks import ProblemKind
 from cloudmap_reactor.core.poll_loop import DEADLINE_MARGIN_SECONDS, PollLoop, poll_window_seconds
 from cloudmap_reactor.core.ports import AwsCallFailed
 from cloudmap_reactor.core.probing import ProbeVerdict
-from cloudmap_reactor.handlers.reporting import report_deregistrations, report_ledger
-from cloudmap_reactor.observability import MetricName, count, count_with_reason, logger, metrics, tracer
-from cloudmap_reactor.poller.reading import ClusterSkipped
+from cloudmap_reactor.handlers.reporting import (
+    guard_fields,
+    log_decision,
+    report_denied,
+    report_deregistrations,
+    report_disabled,
+    report_ledger,
+)
+from cloudmap_reactor.observability import (
+    MetricName,
+    count,
+    count_with_reason,
+    flush_metrics,
+    logger,
+    metrics,
+    publish_metrics,
+    tracer,
+)
+from cloudmap_reactor.poller.reading import MISSING_CLUSTER, ClusterSkipped
 from cloudmap_reactor.poller.scanner import HealthPassResult, HealthScanner
 
 wiring.policy()  # a bad environment stops the function here, at its cold start, naming the variable
@@ -35,10 +51,12 @@ class HealthScanIncomplete(RuntimeError):
     """Some clusters could not be read; the rest of each pass was still done."""
 
 
-@metrics.log_metrics
+@publish_metrics
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    if not wiring.policy().enabled:  # the emergency stop: no lease, no read, no write
+        return report_disabled()
     deps = wiring.poller_deps()
     policy = deps.policy
     remaining = context.get_remaining_time_in_millis() / 1000
@@ -53,8 +71,9 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     def one_pass() -> None:
         started = time.perf_counter()
         result = scanner.run_pass(deadline=deadline)
+        _report_missing_clusters(result, deps.missing_reported)
         _report_pass(result, duration_ms=(time.perf_counter() - started) * 1000, dry_run=policy.dry_run)
-        failures.extend(result.skipped_clusters)
+        failures.extend(result.unread_clusters)
         totals["tasks_examined"] += result.tasks_examined
         totals["unhealthy_found"] += len(result.unhealthy)
         totals["deregistrations"] += len(result.deregistrations)
@@ -90,8 +109,9 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
     """Log and publish one pass at once, so the heartbeat is not held until the invocation ends."""
     if result.lease_elsewhere:
         logger.info("Another poller invocation holds the lease: this pass does nothing")
-        metrics.flush_metrics(raise_on_empty_metrics=False)
+        flush_metrics()
         return
+    log_decision(result.decision)
     report_ledger(result)
     for record in result.decision.invalid_records:
         logger.warning(
@@ -111,16 +131,7 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
     report_deregistrations(result.deregistrations)
     for held in result.fail_open:
         logger.warning(
-            "Fail-open: unhealthy tasks left registered, too few would stay healthy",
-            extra={
-                "cloudmap_service_id": held.cloudmap_service_id,
-                "ecs_service": ",".join(held.service_names),
-                "running_tasks": held.running,
-                "unhealthy_tasks": held.failing,
-                "healthy_registered": held.healthy_registered,
-                "required_healthy": held.required,
-                "healthy_percent_after": round(held.healthy_percent_after, 1),
-            },
+            "Fail-open: unhealthy tasks left registered, too few would stay healthy", extra=guard_fields(held)
         )
     for orphan in result.orphans:
         logger.warning(
@@ -157,12 +168,13 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
             "Could not reconcile or check start order; the rest of the pass went on",
             extra={"cluster_arn": skipped.cluster_arn, "ecs_service": skipped.service_name, "error": skipped.error},
         )
-    for failure in result.skipped_clusters:
+    for failure in result.unread_clusters:
         logger.error(
             "Could not scan cluster",
             extra={"cluster_arn": failure.cluster_arn, "reason": failure.reason, "error": failure.error},
         )
         count_with_reason(MetricName.CLUSTER_SKIPPED, failure.reason)
+    report_denied([f.error for f in result.read_failures] + [f.error for f in result.unread_clusters])
     count(MetricName.UNHEALTHY_TASKS_FOUND, len(result.unhealthy))
     count(MetricName.FAIL_OPEN_ACTIVATED, len(result.fail_open))
     count(MetricName.STALE_DEPENDENCY_TASKS, sum(len(s.stale_tasks) for s in result.stale_clients))
@@ -193,7 +205,28 @@ def _report_pass(result: HealthPassResult, *, duration_ms: float, dry_run: bool)
             "duration_ms": round(duration_ms, 1),
         },
     )
-    metrics.flush_metrics()
+    flush_metrics()
+
+
+def _report_missing_clusters(result: HealthPassResult, reported: set[str]) -> None:
+    """A cluster ECS does not know: a configuration error, logged and counted once per container, then skipped.
+
+    It neither fails the invocation nor withholds the heartbeat (the pass read every cluster that
+    exists), so a cluster deleted while still named in ClusterArns does not page for ever.
+    """
+    for missing in result.skipped_clusters:
+        if missing.reason != MISSING_CLUSTER:
+            continue
+        if missing.cluster_arn in reported:
+            logger.debug("Skipped a missing cluster", extra={"cluster_arn": missing.cluster_arn})
+            continue
+        reported.add(missing.cluster_arn)
+        logger.error(
+            "Configuration error: ECS has no such cluster (deleted, or a wrong ARN in ClusterArns); it is "
+            "skipped, and reported once per container",
+            extra={"cluster_arn": missing.cluster_arn, "error": missing.error},
+        )
+        count(MetricName.CLUSTER_MISSING)
 
 
 def _report_probes(result: HealthPassResult) -> None:

@@ -28,8 +28,14 @@ from cloudmap_reactor.core.decisions import Hold
 from cloudmap_reactor.core.model import RUNNING
 from cloudmap_reactor.core.ports import AwsCallFailed
 from cloudmap_reactor.events import InvalidEvent, TaskStateChange, parse_task_state_change
-from cloudmap_reactor.handlers.reporting import report_deregistrations, report_ledger_changes
-from cloudmap_reactor.observability import MetricName, count, logger, metrics, traced_phase, tracer
+from cloudmap_reactor.handlers.reporting import (
+    log_decision,
+    report_denied,
+    report_deregistrations,
+    report_disabled,
+    report_ledger_changes,
+)
+from cloudmap_reactor.observability import MetricName, count, logger, publish_metrics, traced_phase, tracer
 from cloudmap_reactor.poller.reading import read_service
 
 # Kept free at the end of the invocation (of the 30 s timeout): for botocore's connect timeout
@@ -51,6 +57,8 @@ def _started(task: TaskStateChange, deps: wiring.ReactorDeps, context: LambdaCon
     at = deadline.now() + context.get_remaining_time_in_millis() / 1000 - DEADLINE_MARGIN_SECONDS
     with deadline.aws_deadline(at):
         try:
+            if _outside_tagged_clusters(task, deps):
+                return {"status": "ignored"}
             service = deps.services.get(task.cluster_arn, task.service_name or "")
             if service is None or not held_until_healthy(service, deps.policy):
                 logger.info("Ignoring a started task: its service is not held until healthy")
@@ -58,8 +66,10 @@ def _started(task: TaskStateChange, deps: wiring.ReactorDeps, context: LambdaCon
             snapshot = read_service(deps.fleet, deps.registry, deps.ledger, service)
         except AwsCallFailed as exc:  # retried by Lambda, then the DLQ; the poller gets to it anyway
             logger.error("Could not read the started task's service", extra={"error": str(exc)})
+            report_denied([str(exc)])
             raise DeregistrationFailed(f"readiness of {task.task_arn}: {exc}") from exc
         decision = decide_started_task(snapshot, task.task_arn, deps.policy)
+        log_decision(decision)
         acted = deps.actor.apply(decision)
     report_deregistrations(acted.deregistrations)
     report_ledger_changes(acted.ledger, now=time.time())
@@ -76,14 +86,24 @@ def _started(task: TaskStateChange, deps: wiring.ReactorDeps, context: LambdaCon
     }
 
 
+def _outside_tagged_clusters(task: TaskStateChange, deps: wiring.ReactorDeps) -> bool:
+    """ClusterTag: an event of a cluster without the tag is not ours (an EventBridge rule cannot match cluster tags)."""
+    if deps.clusters is None or deps.clusters.carries(task.cluster_arn):
+        return False
+    logger.info("Ignoring event: its cluster does not carry CLUSTER_TAG", extra={"hold": "cluster-out-of-scope"})
+    return True
+
+
 class DeregistrationFailed(RuntimeError):
     """Raised so that the event is retried and, failing that, lands in the dead-letter queue."""
 
 
-@metrics.log_metrics
+@publish_metrics
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    if not wiring.policy().enabled:  # the emergency stop: returns (never raises), so the DLQ stays empty
+        return report_disabled()
     deps = wiring.reactor_deps()
     _, _, _, region, account, *_ = context.invoked_function_arn.split(":")
     try:
@@ -96,6 +116,11 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     logger.append_keys(cluster_arn=task.cluster_arn, task_arn=task.task_arn, ecs_service=task.service_name)
     if task.desired_status == RUNNING:  # ReadinessEvents: a task of a service has started
         return _started(task, deps, context)
+    return _stopping(task, deps, context)
+
+
+def _stopping(task: TaskStateChange, deps: wiring.ReactorDeps, context: LambdaContext) -> dict[str, Any]:
+    """ECS decided to stop the task: its instances leave Cloud Map now."""
     held = stop_event_precheck(
         cluster_arn=task.cluster_arn, group=task.group, desired_status=task.desired_status, policy=deps.policy
     )
@@ -107,12 +132,16 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     with deadline.aws_deadline(at):
         try:
             with traced_phase("read"):
+                if _outside_tagged_clusters(task, deps):
+                    return {"status": "ignored"}
                 service = deps.services.get(task.cluster_arn, task.service_name or "")
         except AwsCallFailed as exc:  # the ECS service lookup: no deregistration was tried
             logger.error("Could not look up the task's ECS service; nothing deregistered", extra={"error": str(exc)})
             count(MetricName.DEREGISTRATION_ERRORS)
+            report_denied([str(exc)])
             raise DeregistrationFailed(f"ECS service lookup failed for {task.task_arn}: {exc}") from exc
         decision = decide_stop_event(task_arn=task.task_arn, service=service, policy=deps.policy)
+        log_decision(decision)
         with traced_phase("act") as annotate:
             acted = deps.actor.apply(decision)
             annotate("deregistrations", len(acted.deregistrations))

@@ -16,6 +16,11 @@ class ClusterView:
 
     services: dict[str, EcsService | None]
     described_on_pass: int
+    # Learnt from the last ECS task listing (``poller.reading``): how many tasks the whole cluster
+    # listed (standalone ones included), and the running tasks of services that matter that were
+    # not registered in Cloud Map then (task id -> service name), described until they stop.
+    tasks_listed: int = 0
+    unregistered: dict[str, str] = field(default_factory=dict)
 
     def described(self) -> dict[str, EcsService]:
         return {name: s for name, s in self.services.items() if s is not None}

@@ -6,29 +6,66 @@ read and acted on. Leaf calls (describe batches, instance listings) run on the c
 never submit further work, so the two bounded pools cannot deadlock. What a service's read
 failure costs is that service's part of the pass (reported), never the cluster's.
 
-In steady state a cluster costs ``ListTasks`` and ``DescribeTasks`` once per 100 tasks each:
-services are described only every ``service_refresh_passes`` passes or when a task of an unknown
-service appears; instances are listed for reconciliation passes and probed services only, and
-for the fail-open guard when it has removals to judge.
+A pass reads only the tasks that can matter (issue #15: ECS's read quota is shared with
+deployments and autoscaling). Per cluster:
+
+* **Which services**: the managed ones (in scope, registered in Cloud Map) whose task states can
+  change a decision this pass: a container health check in a task definition of a current
+  deployment (``DescribeTaskDefinition`` once per revision per container; without one ECS
+  always reports ``UNKNOWN``), an HTTP check, hold-until-healthy, quarantined instances, or a
+  Cloud Map service shared with one of those (the fail-open guard counts every owner's tasks).
+  On reconciliation passes, every managed service.
+* **Which task ids**: those Cloud Map holds for these services (Service Connect registers a task
+  under its id; the instances are listed anyway for probes, reconciliation and the guard), the
+  ledger's quarantined tasks, the instances taken out in this invocation, and the tasks ECS
+  listed running but unregistered last time. Describing them by id also tells reconciliation
+  which registered tasks are stopping or gone (``departed``, ``MISSING``).
+* **ECS's own listing** of the tasks: only when services were just described (the first pass
+  of an invocation, every ``service_refresh_passes``) and on reconciliation passes, and only for
+  services that run more tasks (DescribeServices' ``runningCount``) than were found above, by
+  the cheaper of the whole cluster (⌈T/100⌉ pages, and every listed task not found yet must be
+  described to learn its service) and ``ListTasks(serviceName=...)`` per such service.
+* **Start order**: a client's tasks are read only while an endpoint it depends on is newer than
+  its oldest deployment (no running task started before its deployment was created).
+
+So a steady pass costs ⌈T_rel/100⌉ ``DescribeTasks`` per cluster and no other ECS read.
+``doctor`` (``list_every_service``) still reads every task and every service's instances.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cloudmap_reactor.adapters.deadline import DeadlineExceeded, aws_deadline, submit_in_context
 from cloudmap_reactor.config import Policy
-from cloudmap_reactor.core.decisions import ClusterSnapshot
+from cloudmap_reactor.core.decide import held_until_healthy
+from cloudmap_reactor.core.decisions import ClusterSnapshot, QuarantineRecord
 from cloudmap_reactor.core.http_checks import HttpChecks, ProbeProblem
-from cloudmap_reactor.core.model import EcsService, TaskSnapshot, looks_like_task_id
-from cloudmap_reactor.core.ports import AwsCallFailed, CloudMapRegistry, FleetReader, QuarantineLedger
+from cloudmap_reactor.core.model import RUNNING, EcsService, TaskSnapshot, looks_like_task_id, task_id
+from cloudmap_reactor.core.ports import (
+    AwsCallFailed,
+    CloudMapRegistry,
+    ClusterNotFound,
+    FleetReader,
+    QuarantineLedger,
+)
 from cloudmap_reactor.core.probing import HttpCheck
 from cloudmap_reactor.core.start_order import start_order_clients
 from cloudmap_reactor.poller.memory import ClusterView, InvocationMemory
 
 ALL_SERVICES = "*"  # a failure that concerns a whole cluster's reconciliation, not one service
+MISSING_CLUSTER = "Missing"  # a configuration error, reported once: it does not make a pass incomplete
+CLUSTER_WIDE = "cluster"  # ClusterRead.listing: ListTasks over the whole cluster
+BY_SERVICE = "services"  # ListTasks(serviceName=...) per service that matters
+TASK_DEFINITION_LOOKUPS_PER_PASS = 20  # DescribeTaskDefinition calls per pass (all clusters), at most
+TASK_DEFINITION_CACHE = 10_000  # task definitions remembered per container
+T = TypeVar("T")
 THROTTLING = ("Throttling", "TooManyRequests", "RequestLimitExceeded", "Rate exceeded")
 
 
@@ -37,7 +74,7 @@ class ClusterSkipped:
     """A cluster that could not be read this pass (nothing in it is decided or acted on)."""
 
     cluster_arn: str
-    reason: str  # ``Deadline``, ``Throttled`` or ``Error``: the ClusterSkipped metric's dimension
+    reason: str  # ``Deadline``, ``Throttled``, ``Error`` (the ClusterSkipped metric's dimension) or ``Missing``
     error: str
 
 
@@ -66,6 +103,7 @@ class ClusterRead:
     fresh: set[str] = field(default_factory=set)  # listed for the guard, right before acting
     listings: int = 0  # Cloud Map services whose instances were listed
     listings_failed: int = 0
+    listing: str = ""  # how ECS's tasks were listed this pass: CLUSTER_WIDE, BY_SERVICE or not at all
     probe_problems: list[ProbeProblem] = field(default_factory=list)
     services_described: int = 0
 
@@ -74,13 +112,24 @@ class PassReader:
     """Reads clusters for the poller, ``plan`` and ``doctor`` alike."""
 
     def __init__(
-        self, *, fleet: FleetReader, registry: CloudMapRegistry, policy: Policy, clusters: Executor, calls: Executor
+        self,
+        *,
+        fleet: FleetReader,
+        registry: CloudMapRegistry,
+        policy: Policy,
+        clusters: Executor,
+        calls: Executor,
+        discover_clusters: Callable[[], list[str]] | None = None,
     ) -> None:
+        self._discover_clusters = discover_clusters or fleet.list_cluster_arns  # ClusterTag: the tagged ones
         self._fleet = fleet
         self._registry = registry
         self._policy = policy
         self._cluster_pool = clusters
         self._call_pool = calls
+        self._health_checks: dict[str, bool] = {}  # task definition ARN -> any container health check
+        self._lookups_left = 0  # task definitions this pass may still describe
+        self._lookups_lock = threading.Lock()
 
     def close(self) -> None:
         """Let the pools' threads go (a test's new container; Lambda just freezes them)."""
@@ -88,12 +137,12 @@ class PassReader:
         self._call_pool.shutdown(wait=False, cancel_futures=True)
 
     def clusters(self, memory: InvocationMemory) -> list[str]:
-        """The configured clusters, or every cluster of the account (listed again every few passes)."""
+        """The configured clusters, or every (tagged) cluster of the account (listed again every few passes)."""
         if self._policy.cluster_arns:
             return list(self._policy.cluster_arns)
         stale = memory.pass_number - memory.clusters_listed_on >= self._policy.service_refresh_passes
         if memory.clusters is None or stale:
-            memory.clusters = self._fleet.list_cluster_arns()
+            memory.clusters = self._discover_clusters()
             memory.clusters_listed_on = memory.pass_number
         return memory.clusters
 
@@ -105,13 +154,20 @@ class PassReader:
         deadline: float,
         http: HttpChecks | None = None,
         list_every_service: bool = False,
+        quarantined: Sequence[QuarantineRecord] = (),
     ) -> list[ClusterRead | ClusterSkipped]:
-        """Every cluster concurrently, each under ``deadline`` (monotonic seconds)."""
+        """Every cluster concurrently, each under ``deadline`` (monotonic seconds).
+
+        ``quarantined``: the ledger's records (their tasks are read though Cloud Map no longer holds them).
+        """
+
+        self._lookups_left = TASK_DEFINITION_LOOKUPS_PER_PASS
 
         def one(cluster_arn: str) -> ClusterRead | ClusterSkipped:
+            records = [r for r in quarantined if r.cluster_arn == cluster_arn]
             try:
                 with aws_deadline(deadline):
-                    return self._read_cluster(cluster_arn, memory, http, list_every_service)
+                    return self._read_cluster(cluster_arn, memory, http, list_every_service, records)
             except AwsCallFailed as exc:
                 memory.views.pop(cluster_arn, None)  # describe it afresh next pass
                 return ClusterSkipped(cluster_arn, _skip_reason(exc), str(exc))
@@ -121,58 +177,215 @@ class PassReader:
 
     def list_instances(self, sids: Iterable[str]) -> tuple[dict[str, dict[str, dict[str, str]]], dict[str, str]]:
         """Instances of each Cloud Map service, listed concurrently; (listed, sid -> error of those that failed)."""
-        ordered = sorted(set(sids))
+        listed, failed = self._concurrently(self._registry.list_instances, sorted(set(sids)))
+        return listed, {sid: str(error) for sid, error in failed.items()}
 
-        def listing(sid: str) -> dict[str, dict[str, str]] | AwsCallFailed:
+    def _concurrently(
+        self, call: Callable[[str], T], keys: Sequence[str]
+    ) -> tuple[dict[str, T], dict[str, AwsCallFailed]]:
+        """``call`` for each key on the call pool; (key -> result, key -> failure of the calls that failed)."""
+
+        def one(key: str) -> T | AwsCallFailed:
             try:
-                return self._registry.list_instances(sid)
+                return call(key)
             except AwsCallFailed as exc:
                 return exc
 
-        results = [submit_in_context(self._call_pool, listing, sid) for sid in ordered]
-        listed: dict[str, dict[str, dict[str, str]]] = {}
-        failed: dict[str, str] = {}
-        for sid, future in zip(ordered, results, strict=True):
+        futures = [submit_in_context(self._call_pool, one, key) for key in keys]
+        done: dict[str, T] = {}
+        failed: dict[str, AwsCallFailed] = {}
+        for key, future in zip(keys, futures, strict=True):
             outcome = future.result()
             if isinstance(outcome, AwsCallFailed):
-                failed[sid] = str(outcome)
+                failed[key] = outcome
             else:
-                listed[sid] = outcome
-        return listed, failed
+                done[key] = outcome
+        return done, failed
 
     # -- one cluster ---------------------------------------------------------------------------
     def _read_cluster(
-        self, cluster_arn: str, memory: InvocationMemory, http: HttpChecks | None, list_every_service: bool
+        self,
+        cluster_arn: str,
+        memory: InvocationMemory,
+        http: HttpChecks | None,
+        list_every_service: bool,
+        quarantined: Sequence[QuarantineRecord],
     ) -> ClusterRead:
         view, described = self._view(cluster_arn, memory)
         read = ClusterRead(cluster_arn, view.described(), view.managed(self._policy.tag_scope))
         read.services_described = described
-        if not read.managed and not list_every_service:
+        if list_every_service:
+            return self._read_everything(read, view, memory)
+        if not read.managed:
             return read  # nothing here is registered in Cloud Map and in scope: no task reads needed
         every = self._policy.reconcile_every_passes
-        read.reconcile = list_every_service or (every > 0 and memory.pass_number % every == 0)
+        read.reconcile = every > 0 and memory.pass_number % every == 0
         if http is not None:
             read.checks, problems = http.checks(cluster_arn, read.managed)
             read.probe_problems.extend(problems)
-        listed = list(read.services.values() if list_every_service else read.managed.values())
-        if not read.reconcile:
-            listed = [s for s in listed if s.service_name in read.checks]
-        # Listed before the tasks: an instance registered after this by a task that starts after
-        # the task listing would otherwise look like a leftover.
-        self._list_for(read, listed)
-        read.tasks = self._fleet.describe_running_tasks(cluster_arn)
+        self._date_endpoints(read, memory)
+        needed = self._needing_tasks(read, quarantined)
+        self._list_for(read, [read.managed[name] for name in sorted(needed)])
+        wanted = self._known_task_ids(read, view, needed, quarantined, memory)
+        wanted |= self._start_order_tasks(read, memory)
+        found = self._fleet.describe_tasks(cluster_arn, sorted(wanted)) if wanted else []
+        # ECS's own listing, for running tasks Cloud Map does not hold: when services were just
+        # described (their runningCount is fresh), and on reconciliation passes.
+        census = read.reconcile or view.described_on_pass == memory.pass_number
+        if census and (more := self._list_tasks(read, view, needed, found) - wanted):
+            found += self._fleet.describe_tasks(cluster_arn, sorted(more))
+        read.tasks = [t for t in found if t.desired_status == RUNNING]
+        read.departed = {t.task_id: t for t in found if t.desired_status != RUNNING}
+        running = {t.task_id for t in read.tasks}
+        if census:
+            registered = {i for ids in read.instances.values() for i in ids}
+            view.unregistered = {
+                t.task_id: t.service_name
+                for t in read.tasks
+                if t.service_name in needed and t.task_id not in registered
+            }
+            self._describe_new_services(read, view)
+        else:
+            view.unregistered = {i: name for i, name in view.unregistered.items() if i in running}
+        return read
+
+    def _read_everything(self, read: ClusterRead, view: ClusterView, memory: InvocationMemory) -> ClusterRead:
+        """``doctor``: every task of the cluster and every service's instances, whatever they cost (one-off)."""
+        read.reconcile = True
+        self._list_for(read, read.services.values())
+        read.tasks = self._fleet.describe_running_tasks(read.cluster_arn)
+        read.listing = CLUSTER_WIDE
         self._describe_new_services(read, view)
-        if read.reconcile:
-            self._describe_departed(read)
+        self._describe_departed(read)
         self._date_endpoints(read, memory)
         return read
+
+    def _needing_tasks(self, read: ClusterRead, quarantined: Sequence[QuarantineRecord]) -> set[str]:
+        """The managed services whose task states can matter this pass.
+
+        All of them on a reconciliation pass; otherwise those that can turn UNHEALTHY (a container
+        health check), are probed, are held until healthy, or have quarantined instances, and any
+        service sharing a Cloud Map service with one of those (the fail-open guard counts its tasks).
+        A service with none of these has tasks that ECS always reports UNKNOWN: nothing to read.
+        """
+        managed = read.managed
+        checked = {name for name, service in sorted(managed.items()) if self._health_checked(service)}
+        if read.reconcile:
+            return set(managed)
+        held = {r.service_name for r in quarantined}
+        needed = checked | {
+            name
+            for name, service in managed.items()
+            if name in read.checks or name in held or held_until_healthy(service, self._policy)
+        }
+        sids = {sid for name in needed for sid in managed[name].cloudmap_service_ids}
+        return needed | {name for name, s in managed.items() if s.cloudmap_service_ids & sids}
+
+    def _health_checked(self, service: EcsService) -> bool:
+        """Whether a task of the service can be UNHEALTHY; True when not known yet (read it, as before).
+
+        Task definitions are immutable per revision: each is described once per container, and at
+        most ``TASK_DEFINITION_LOOKUPS_PER_PASS`` per pass over all clusters (a cold container with
+        thousands of services spreads them over passes instead of stalling one).
+        """
+        if not service.task_definitions:
+            return True
+        for arn in service.task_definitions:
+            known = self._health_checks.get(arn)
+            if known is None:
+                with self._lookups_lock:
+                    if self._lookups_left <= 0:
+                        return True
+                    self._lookups_left -= 1
+                try:
+                    known = self._fleet.container_health_check(arn)
+                except AwsCallFailed as exc:
+                    if isinstance(exc, DeadlineExceeded):
+                        raise
+                    return True  # unknown: read its tasks, and ask again next pass
+                if len(self._health_checks) >= TASK_DEFINITION_CACHE:
+                    self._health_checks.clear()
+                self._health_checks[arn] = known
+            if known:
+                return True
+        return False
+
+    def _known_task_ids(
+        self,
+        read: ClusterRead,
+        view: ClusterView,
+        needed: set[str],
+        quarantined: Sequence[QuarantineRecord],
+        memory: InvocationMemory,
+    ) -> set[str]:
+        """The tasks that matter, as far as known without ECS: Service Connect registers a task under its id.
+
+        The registered instances of the services that matter, the ledger's quarantined tasks, the
+        instances taken out in this invocation, and the tasks that ran unregistered at the last listing.
+        """
+        sids = {sid for name in needed for sid in read.managed[name].cloudmap_service_ids}
+        ids = {i for sid in sids for i in read.instances.get(sid, {})}
+        ids |= {r.instance_id for r in quarantined if r.service_name in read.managed}
+        ids |= {i for sid, i in memory.removed if sid in sids}
+        ids |= {i for i, name in view.unregistered.items() if name in needed}
+        return {i for i in ids if looks_like_task_id(i)}
+
+    def _list_tasks(
+        self, read: ClusterRead, view: ClusterView, needed: set[str], found: Sequence[TaskSnapshot]
+    ) -> set[str]:
+        """ECS's listing of running tasks that matter and Cloud Map does not hold, by the cheaper way.
+
+        Only services that run more tasks (``runningCount``) than were found through Cloud Map
+        and the ledger are listed at all (``read.listing`` says how, or is empty). Listing each
+        of them costs Σ⌈Tₛ/100⌉ pages, and describing what is new ⌈(ΣTₛ - found)/100⌉ calls; the
+        whole cluster ⌈T/100⌉ pages, and every listed task not found yet must be described to learn
+        its service. T is at least the sum over every service, and at least what the cluster listed
+        last time (standalone tasks belong to no service).
+        """
+        seen: Counter[str] = Counter(t.service_name for t in found if t.desired_status == RUNNING and t.service_name)
+        short = [read.managed[n] for n in sorted(needed) if read.managed[n].running_count > seen[n]]
+        if not short:
+            return set()
+        missing = sum(s.running_count - seen[s.service_name] for s in short)
+        total = max(sum(s.running_count for s in read.services.values()), view.tasks_listed)
+        by_service = sum(_pages(s.running_count) for s in short) + _pages(missing)
+        if _pages(total) + _pages(total - len(found)) < by_service:
+            read.listing = CLUSTER_WIDE
+            arns = self._fleet.list_task_arns(read.cluster_arn)
+            view.tasks_listed = len(arns)
+            return {task_id(arn) for arn in arns}
+        read.listing = BY_SERVICE
+        return self._list_service_tasks(read, [s.service_name for s in short])
+
+    def _start_order_tasks(self, read: ClusterRead, memory: InvocationMemory) -> set[str]:
+        """Tasks of start-order clients that may be stale: an endpoint is newer than the client's oldest deployment.
+
+        No running task started before its deployment was created, so a client whose deployments
+        all came after every endpoint it depends on has no stale task, and nothing to read.
+        """
+        clients = start_order_clients(
+            read.services.values(), self._policy.tag_scope, every_endpoint=self._policy.stale_check_every_endpoint
+        )
+        suspects = [client.service_name for client, endpoints in clients if _may_be_stale(client, endpoints, memory)]
+        return self._list_service_tasks(read, suspects) if suspects else set()
+
+    def _list_service_tasks(self, read: ClusterRead, names: Sequence[str]) -> set[str]:
+        """Each named service's task ids (concurrently); a failed listing is that service's failure alone."""
+        listed, failed = self._concurrently(lambda name: self._fleet.list_task_arns(read.cluster_arn, name), names)
+        if late := next((e for e in failed.values() if isinstance(e, DeadlineExceeded)), None):
+            raise late  # not one service's failure: the cluster's time is up
+        read.failures.extend(ServiceReadFailure(read.cluster_arn, name, str(e)) for name, e in failed.items())
+        return {task_id(arn) for arns in listed.values() for arn in arns}
 
     def _view(self, cluster_arn: str, memory: InvocationMemory) -> tuple[ClusterView, int]:
         view = memory.views.get(cluster_arn)
         if view is not None and memory.pass_number - view.described_on_pass < self._policy.service_refresh_passes:
             return view, 0
         described = self._fleet.describe_services(cluster_arn, self._fleet.list_service_arns(cluster_arn))
+        earlier = view
         view = ClusterView({s.service_name: s for s in described}, described_on_pass=memory.pass_number)
+        if earlier is not None:
+            view.tasks_listed, view.unregistered = earlier.tasks_listed, earlier.unregistered
         memory.views[cluster_arn] = view
         return view, len(described)
 
@@ -230,7 +443,23 @@ class PassReader:
                     break
 
 
+def _pages(tasks: int) -> int:
+    """Calls to list or describe ``tasks`` tasks, 100 per call (a listing costs one call even when empty)."""
+    return max(1, math.ceil(tasks / 100))
+
+
+def _may_be_stale(client: EcsService, endpoints: Mapping[str, str], memory: InvocationMemory) -> bool:
+    """An endpoint of ``client`` was created after its oldest deployment (unknown dates: decided elsewhere)."""
+    created = [memory.created.get(sid) for sid in endpoints.values()]
+    dates = [d for d in created if d is not None]
+    if len(dates) < len(created):
+        return False  # a creation date could not be read: reported, and the client is not judged
+    return client.deployed_since is None or max(dates) > client.deployed_since
+
+
 def _skip_reason(exc: AwsCallFailed) -> str:
+    if isinstance(exc, ClusterNotFound):
+        return MISSING_CLUSTER
     if isinstance(exc, DeadlineExceeded):
         return "Deadline"
     text = f"{exc} {exc.__cause__ or ''}"

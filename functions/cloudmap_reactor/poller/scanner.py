@@ -38,7 +38,14 @@ from cloudmap_reactor.core.probing import ProbeResult, ProbeTarget
 from cloudmap_reactor.core.start_order import StaleClient
 from cloudmap_reactor.poller.acting import Actor, Change, LedgerChange, Redeployment
 from cloudmap_reactor.poller.memory import InvocationMemory
-from cloudmap_reactor.poller.reading import ALL_SERVICES, ClusterRead, ClusterSkipped, PassReader, ServiceReadFailure
+from cloudmap_reactor.poller.reading import (
+    ALL_SERVICES,
+    MISSING_CLUSTER,
+    ClusterRead,
+    ClusterSkipped,
+    PassReader,
+    ServiceReadFailure,
+)
 
 ALL_CLUSTERS = "*"
 LEASE_MARGIN_SECONDS = 2.0
@@ -106,7 +113,12 @@ class HealthPassResult:
         depends on Cloud Map, so it does not count as done, even though its ECS reads worked.
         """
         cloudmap_unreadable = self.listings > 0 and self.listings_failed == self.listings
-        return not self.skipped_clusters and not cloudmap_unreadable and not self.lease_elsewhere
+        return not self.unread_clusters and not cloudmap_unreadable and not self.lease_elsewhere
+
+    @property
+    def unread_clusters(self) -> list[ClusterSkipped]:
+        """Clusters that exist but could not be read (a missing cluster is a configuration error, reported once)."""
+        return [s for s in self.skipped_clusters if s.reason != MISSING_CLUSTER]
 
 
 class HealthScanner:
@@ -157,7 +169,10 @@ class HealthScanner:
             # Reading stops early enough for acting on the clusters that were read: a hung cluster
             # cannot take the whole pass (and a quarter of a short one at most goes to acting).
             read_by = deadline - min(ACT_RESERVE_SECONDS, max(0.0, deadline - aws_clock.now()) / 4)
-            for read in self._reader.read_clusters(clusters, self.memory, deadline=read_by, http=self._http):
+            found = self._reader.read_clusters(
+                clusters, self.memory, deadline=read_by, http=self._http, quarantined=result.quarantined
+            )
+            for read in found:
                 if isinstance(read, ClusterSkipped):
                     result.skipped_clusters.append(read)
                 else:
