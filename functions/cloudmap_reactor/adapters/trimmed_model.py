@@ -32,8 +32,8 @@ LOG = logging.getLogger(__name__)
 WHOLE: None = None  # keep the member with its whole shape
 
 # Operation -> output members kept (nested: a dict cuts that member's shape too; lists cut their members).
-# Read by adapters/ecs.py (_to_task_snapshot, _to_ecs_service and the failures checks). Also kept for
-# reading task definitions: the tasks' and services' task definition ARNs.
+# Read by adapters/ecs.py (_to_task_snapshot, _to_ecs_service and the failures checks); the tasks' and
+# services' task definition ARNs are kept too. DescribeTaskDefinition is parsed in full (rare, cached).
 KEPT: dict[str, dict[str, Any]] = {
     "DescribeTasks": {
         "tasks": {
@@ -54,6 +54,7 @@ KEPT: dict[str, dict[str, Any]] = {
             "serviceName": WHOLE,
             "clusterArn": WHOLE,
             "status": WHOLE,
+            "runningCount": WHOLE,
             "taskDefinition": WHOLE,
             "serviceRegistries": WHOLE,
             "tags": WHOLE,
@@ -62,6 +63,7 @@ KEPT: dict[str, dict[str, Any]] = {
                 "status": WHOLE,
                 "taskDefinition": WHOLE,
                 "rolloutState": WHOLE,
+                "createdAt": WHOLE,
                 "serviceConnectConfiguration": WHOLE,
                 "serviceConnectResources": WHOLE,
             },
