@@ -20,7 +20,7 @@ def test_a_mixed_fleet_describes_only_the_tasks_that_matter_and_lists_them_per_s
     # 250 Cloud Map services of 20 tasks: 5,000 tasks in 50 DescribeTasks; 250 listings (one page each)
     # beat 500 ListTasks pages over the whole cluster.
     assert (floor.t_rel, floor.describe, floor.listing) == (5_000, 50, 250)
-    assert floor.listing_by == "ListTasks (per service)"
+    assert floor.listing_by == "ListInstances or ListTasks (per service)"
 
 
 def test_clusters_add_up_and_pages_round_up() -> None:
@@ -29,7 +29,7 @@ def test_clusters_add_up_and_pages_round_up() -> None:
     nothing = ClusterShape(tasks=5_000, relevant=(), instances=())  # no call needed at all
     floor = pass_floor([big, small, nothing])
     assert (floor.t_rel, floor.describe, floor.listing) == (401, 3 + 2, 4 + 2)
-    assert floor.listing_by == "ListTasks (per service)"
+    assert floor.listing_by == "ListInstances or ListTasks (per service)"
 
 
 def test_cloud_map_listing_wins_when_services_register_fewer_instances_than_tasks() -> None:
