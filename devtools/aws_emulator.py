@@ -47,6 +47,7 @@ started in the same process (the demo).
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -170,10 +171,12 @@ def _at_most_10_services(original: Callable[..., Any]) -> Callable[..., Any]:
         if len(names) > MAX_DESCRIBE_SERVICES:
             raise InvalidParameterException(f"Services can have at most {MAX_DESCRIBE_SERVICES} items.")
         services, failures = original(self, cluster_str, names)
+        running: dict[str, Counter[str]] = {}  # cluster -> RUNNING tasks per group, counted once per call (50k tasks)
         for service in services:  # gap 8: runningCount counts the service's RUNNING tasks
-            tasks = self.tasks.get(service.cluster_name, {}).values()
-            group = f"service:{service.name}"
-            service.running_count = sum(1 for t in tasks if t.group == group and t.last_status == "RUNNING")
+            if service.cluster_name not in running:
+                tasks = self.tasks.get(service.cluster_name, {}).values()
+                running[service.cluster_name] = Counter(t.group for t in tasks if t.last_status == "RUNNING")
+            service.running_count = running[service.cluster_name][f"service:{service.name}"]
         return services, failures
 
     return describe_services
