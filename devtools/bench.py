@@ -342,7 +342,11 @@ def _flips(
         samples = args.flips if not smallest else max(args.flips, args.restore_samples)
         print(f"Detection and restore latency over {fleet.spec.label} tasks ({samples} flips) …", flush=True)
         warmup = scans[fleet.spec]["budget"]["passes"][0]["seconds"] + 5
-        flips.append(_flip_latency(endpoint, fleet, builder, latency, samples, http=smallest, warmup=warmup))
+        flips.append(
+            _flip_latency(
+                endpoint, fleet, builder, latency, samples, http=smallest, warmup=warmup, budget=args.flip_budget
+            )
+        )
         print(f"  detected {flips[-1].detected}, timeouts {flips[-1].timeouts}", flush=True)
     return flips
 
@@ -384,6 +388,7 @@ def _flip_latency(
     http: bool,
     warmup: float,
     limit: float = FLIP_LIMIT_SECONDS,
+    budget: str = DEFAULT_BUDGET,
 ) -> FlipLatency:
     """Time from "sick" to "out of Cloud Map" and back, measured from outside, ``samples`` of each per kind.
 
@@ -415,6 +420,7 @@ def _flip_latency(
                 )
         env = {
             "CLUSTER_ARNS": fleet.cluster_arn,
+            "ECS_READS_PER_SECOND": budget,
             "POLL_INTERVAL_SECONDS": f"{POLL_INTERVAL:g}",
             "HTTP_PROBES": "true" if http else "false",
             "PROBE_FAILURE_THRESHOLD": "1",  # only so that a probed victim leaves within one pass
@@ -453,6 +459,7 @@ def _flip_latency(
         attributes_changed=sum(c.attributes_changed for c in cycles),
         timeouts=sum(c.timeouts for c in cycles),
         warmup_seconds=warmup,
+        budget=budget,
         limit_seconds=limit,
     )
 
@@ -572,6 +579,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=RESTORE_SAMPLES,
         help=f"restore latency samples per kind, on the smallest fleet (default {RESTORE_SAMPLES})",
+    )
+    parser.add_argument(
+        "--flip-budget",
+        default=DEFAULT_BUDGET,
+        help=f"ECS_READS_PER_SECOND of the detection and restore runs (default {DEFAULT_BUDGET}; 0: unlimited)",
     )
     parser.add_argument("--note", default="", help="a line for the report's head (say, which code was measured)")
     return measure_and_report(parser.parse_args(argv))

@@ -127,6 +127,7 @@ class FlipLatency:  # in this module so that a pickled one loads when the bench 
     timeouts: int  # waits that did not complete within the limit
     warmup_seconds: float
     limit_seconds: float
+    budget: str = DEFAULT_BUDGET  # ECS_READS_PER_SECOND of the worker ("0": unlimited)
 
 
 def render(
@@ -301,12 +302,13 @@ def _dynamodb(one_pass: dict[str, Any]) -> dict[str, int]:
 def _flip_latency(flips: FlipLatency) -> list[str]:
     lines = [
         "",
-        f"## Detection and restore latency, {flips.spec.label} tasks",
+        f"## Detection and restore latency, {flips.spec.label} tasks"
+        + ("" if getattr(flips, "budget", DEFAULT_BUDGET) == DEFAULT_BUDGET else ", unlimited ECS reads"),
         "",
         f"A worker runs the real poller handler on the production schedule: an invocation every "
         f"{RESTORE_SCHEDULE_SECONDS:g} s in one warm container, each running a pass every {POLL_INTERVAL:g} s "
         f"until 10 s before the next (passes at 0, 10, 20, 30 and 40 s of each minute), over the cluster of "
-        f"{flips.spec.label} tasks with the default ECS read budget ({DEFAULT_BUDGET}/s) and the ledger"
+        f"{flips.spec.label} tasks with {_budget(getattr(flips, 'budget', DEFAULT_BUDGET))} and the ledger"
         f"{', HTTP probes on' if 'HTTP probes' in flips.detected else ''}. {flips.victims} tasks (each of another "
         "service) cycle at once, each on its own thread: at a random moment (0-"
         f"{POLL_INTERVAL:g} s after the last change) made sick and timed until Cloud Map no longer lists it "
@@ -356,6 +358,12 @@ def _cpu_per_100(worker: dict[str, Any] | None) -> str:
     if not tasks or "cpu_seconds" not in steady[0]:
         return "n/a"
     return f"{sum(p['cpu_seconds'] for p in steady) * 1000 / tasks * 100:.1f}"
+
+
+def _budget(budget: str) -> str:
+    if budget == DEFAULT_BUDGET:
+        return f"the default ECS read budget ({DEFAULT_BUDGET}/s)"
+    return "no ECS read budget (`ECS_READS_PER_SECOND=0`)" if float(budget) == 0 else f"{budget} ECS reads/s"
 
 
 def _cut(one_pass: dict[str, Any]) -> str:
