@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import boto3
+import botocore.session
 import pytest
 
 from cloudmap_reactor.adapters.clients import ecs_client
@@ -27,9 +28,8 @@ from devtools import ecs_answers
 
 
 def full_model() -> dict[str, Any]:
-    model: dict[str, Any] = (
-        boto3.session.Session()._session.get_component("data_loader").load_service_model("ecs", "service-2")
-    )
+    loader = botocore.session.get_session().get_component("data_loader")
+    model: dict[str, Any] = loader.load_service_model("ecs", "service-2")
     return model
 
 
