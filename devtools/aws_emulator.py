@@ -36,6 +36,9 @@ gap the way AWS behaves, without touching our code under test:
    registers its task definition with a container ``healthCheck`` unless ``health_check=False``.
    A task never starts before its service's deployment was created: ``start_tasks`` with an
    earlier ``started_at`` moves the deployments' ``createdAt`` back to it.
+10. ``ListServices`` lists deleted services too: ECS does not (a deleted service is ``DRAINING``
+    then ``INACTIVE``, "no longer visible in the ListServices API operation", while
+    ``DescribeServices`` still answers for it), so ``aws_like_ecs`` lists ``ACTIVE`` ones only.
 
 Everything else goes through the real AWS APIs (boto3 against moto): clusters, task definitions,
 ``RunTask`` with ``group="service:<name>"`` (what the ECS scheduler does for a service's tasks),
@@ -112,6 +115,7 @@ def aws_like_ecs() -> Iterator[None]:
         patches.enter_context(mock.patch.object(ecs_models.Task, "health_status", "UNKNOWN", create=True))
         patches.enter_context(mock.patch.object(backend, "list_tasks", _list_tasks_by_service(backend.list_tasks)))
         patches.enter_context(mock.patch.object(backend, "describe_tasks", _describe_tasks))
+        patches.enter_context(mock.patch.object(backend, "list_services", _active_services(backend.list_services)))
         patches.enter_context(
             mock.patch.object(backend, "describe_services", _at_most_10_services(backend.describe_services))
         )
@@ -153,6 +157,14 @@ def _list_tasks_by_service(original: Callable[..., list[Any]]) -> Callable[..., 
         return tasks
 
     return list_tasks
+
+
+def _active_services(original: Callable[..., list[str]]) -> Callable[..., list[str]]:
+    def list_services(self: Any, *args: Any, **kwargs: Any) -> list[str]:
+        status = {service.arn: service.status for service in self.services.values()}
+        return [arn for arn in original(self, *args, **kwargs) if status.get(arn) == "ACTIVE"]
+
+    return list_services
 
 
 def _describe_tasks(self: Any, cluster_str: str, tasks: list[str]) -> list[Any]:
@@ -311,6 +323,23 @@ class FleetBuilder:
                 for d, i in zip(discovery_names, ids, strict=True)
             ]
         return SeededService(cluster_arn=cluster_arn, name=name, arn=arn, cloudmap_service_ids=ids + registry_ids)
+
+    def turn_on_service_connect(
+        self, service: SeededService, discovery_names: Sequence[str], *, namespace: str = "internal"
+    ) -> list[str]:
+        """Service Connect turned on for a running service: its tasks registered in new Cloud Map services."""
+        ids = [self.create_cloudmap_service(namespace, discovery) for discovery in discovery_names]
+        deployment = self._deployments(service.cluster_arn, service.name)[0]
+        deployment["serviceConnectConfiguration"] = {"enabled": True, "namespace": self.namespace_arn(namespace)}
+        deployment["serviceConnectResources"] = [
+            {"discoveryName": d, "discoveryArn": self.cloudmap_service_arn(i)}
+            for d, i in zip(discovery_names, ids, strict=True)
+        ]
+        service.cloudmap_service_ids.extend(ids)
+        for arn in service.task_arns:
+            for service_id in ids:
+                self.register_task_instance(service_id, service, arn)
+        return ids
 
     def start_rolling_update(self, service: SeededService, *, discovery_names: Sequence[str]) -> list[str]:
         """A new PRIMARY deployment with other discovery names; the old one stays ACTIVE with its tasks."""

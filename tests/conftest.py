@@ -53,6 +53,17 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
 
 
 @pytest.fixture
+def window(env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Passes every 10 s for 40 s; services described and reconciled on the first pass only; no read budget."""
+    env.setenv("POLL_WINDOW_SECONDS", "40")
+    env.setenv("POLL_INTERVAL_SECONDS", "10")
+    env.setenv("SERVICE_REFRESH_PASSES", "100")
+    env.setenv("RECONCILE_EVERY_PASSES", "100")
+    env.setenv("ECS_READS_PER_SECOND", "0")  # counts, not waits
+    return env
+
+
+@pytest.fixture
 def lambda_context() -> FakeLambdaContext:
     return FakeLambdaContext()
 

@@ -46,7 +46,8 @@ def test_cluster_tag_is_key_equals_value_and_excludes_cluster_arns() -> None:
     assert Policy.from_env({"CLUSTER_TAG": TAG}).cluster_tag_pair == ("team", "payments")
     assert Policy.from_env({"CLUSTER_TAG": "empty="}).cluster_tag_pair == ("empty", "")
     assert Policy.from_env({}).cluster_tag_pair is None
-    for bad in ("no-equals", "=value", "a=b,c"):
+    assert Policy.from_env({"CLUSTER_TAG": "cost center=team a"}).cluster_tag_pair == ("cost center", "team a")
+    for bad in ("no-equals", "=value", "a=b,c", "team =payments", "team= payments"):
         with pytest.raises(ConfigError, match="CLUSTER_TAG"):
             Policy.from_env({"CLUSTER_TAG": bad})
     with pytest.raises(ConfigError, match="both set"):
@@ -69,6 +70,23 @@ def test_the_poller_scans_only_the_clusters_carrying_the_tag(
     output = read_output()
     assert output.metrics.value("TasksDeregistered", Reason="Unhealthy") == 1
     assert output.metrics.value("HealthScanCompleted") == 1
+
+
+def test_a_cluster_tag_that_matches_no_cluster_withholds_the_heartbeat_and_says_so_once(
+    aws: FleetBuilder, env: pytest.MonkeyPatch, lambda_context: FakeLambdaContext, read_output: Any
+) -> None:
+    """A typo in ClusterTag would otherwise look like a healthy fleet: every pass 'completed', nothing watched."""
+    env.setenv("CLUSTER_TAG", "team=paymnets")
+    tag_cluster(aws.create_cluster("prod"))
+
+    first = poll(lambda_context)
+    second = poll(lambda_context)  # the same container: said once
+
+    assert first["status"] == second["status"] == "completed"  # no Lambda error: nothing failed
+    output = read_output()
+    assert output.metrics.value("HealthScanCompleted") == 0
+    assert output.metrics.value("ClusterMissing") == 1
+    assert len([m for m in output.messages("ERROR") if "no cluster to look after" in m]) == 1
 
 
 def test_two_hundred_clusters_are_sorted_by_tag_in_four_calls(aws: FleetBuilder) -> None:

@@ -171,6 +171,9 @@ def test_enabled_is_the_emergency_stop(raw: str, expected: bool) -> None:
         ({"POWERTOOLS_LOG_LEVEL": "warning"}, "WARNING"),
         ({"LOG_LEVEL": "DEBUG", "POWERTOOLS_LOG_LEVEL": "ERROR"}, "ERROR"),  # Powertools' own variable wins
         ({"LOG_LEVEL": "DEBUG", "POWERTOOLS_LOG_LEVEL": " "}, "DEBUG"),  # blank: not set
+        ({"POWERTOOLS_LOG_LEVEL": "WARN"}, "WARNING"),  # the names of Lambda's logging controls
+        ({"LOG_LEVEL": "fatal"}, "CRITICAL"),
+        ({"LOG_LEVEL": "TRACE"}, "DEBUG"),
     ],
 )
 def test_log_level_follows_powertools_precedence(env: dict[str, str], expected: str) -> None:

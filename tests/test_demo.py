@@ -49,3 +49,17 @@ def test_the_demo_quarantine_scenario_takes_tasks_out_and_brings_them_back(
     text = "\n".join(printed)
     for shown in ("Cloud Map after invocation 3", "Quarantine ledger", "TasksRestored{Reason=NotReady}=1"):
         assert shown in text
+
+
+def test_sam_local_env_names_the_ledger_table_the_demo_server_creates() -> None:
+    """`make demo-server` creates the table as TABLE_NAME: `sam local invoke --env-vars events/env.json` uses it."""
+    import json
+    from pathlib import Path
+
+    from devtools.ledger_table import TABLE_NAME
+
+    env = json.loads((Path(__file__).resolve().parent.parent / "events" / "env.json").read_text())
+    assert {name: values.get("LEDGER_TABLE") for name, values in env.items()} == {
+        "TaskStateReactorFunction": TABLE_NAME,
+        "HealthPollerFunction": TABLE_NAME,
+    }

@@ -329,6 +329,7 @@ def test_redirects_are_not_followed_and_the_codes_tag_decides(
     aws: FleetBuilder, http: LocalHttpTargets, probing: pytest.MonkeyPatch
 ) -> None:
     """A 302 is healthy by default (200-399) without its Location being fetched; ``-codes`` narrows that."""
+    probing.setenv("SERVICE_REFRESH_PASSES", "1")  # ``strict``, created later, is seen by the next pass
     elsewhere = http.add(Behaviour.HEALTHY)
     location = "http://{}:{}/".format(*elsewhere.address)
     service, _ = service_behind(aws, http, [Behaviour.HEALTHY] * 3)

@@ -477,6 +477,12 @@ def test_undo_needs_a_time_range_and_a_ledger(aws: FleetBuilder, capsys: pytest.
     code, _, err = run(capsys, "undo", "--since", "5m")
     assert code == 2
     assert "no quarantine ledger: give --stack" in err
+    with pytest.raises(SystemExit, match="2"):
+        main(["undo", "--since", "999999d"])
+    assert "'999999d' is longer than 3650d" in capsys.readouterr().err
+    code, _, err = run(capsys, "undo", "--from", "9999-12-31T23:59:59-12:00", "--apply")
+    assert code == 2  # refused before any AWS call, not a traceback after the registrations
+    assert "the time range cannot be shown as dates" in err
 
 
 def test_redrive_report_names_account_region_and_stack_and_has_json(

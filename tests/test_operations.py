@@ -70,7 +70,7 @@ def test_the_emergency_stop_touches_nothing(
     output = read_output()
     assert output.metrics.value("Disabled", service="cloudmap-reactor") == 1
     assert output.metrics.names() == {"Disabled"}
-    assert any("Emergency stop: Enabled=false" in m for m in output.messages("INFO"))
+    assert any("Emergency stop: Enabled=false" in m for m in output.messages("WARNING"))
 
 
 def test_enabled_again_the_functions_act(

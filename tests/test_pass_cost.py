@@ -59,17 +59,6 @@ class PassCalls:
         return sum(counts[op] for op in ECS_READS)
 
 
-@pytest.fixture
-def window(env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """Four passes in one invocation; services refreshed and reconciled on the first pass only; no read budget."""
-    env.setenv("POLL_WINDOW_SECONDS", "40")
-    env.setenv("POLL_INTERVAL_SECONDS", "10")
-    env.setenv("SERVICE_REFRESH_PASSES", "100")
-    env.setenv("RECONCILE_EVERY_PASSES", "100")
-    env.setenv("ECS_READS_PER_SECOND", "0")  # counts, not waits
-    return env
-
-
 def connect_services(
     aws: FleetBuilder, prefix: str, count: int, tasks: int, *, unregistered: int = 0
 ) -> list[SeededService]:
@@ -130,7 +119,7 @@ def test_a_service_connect_cluster_is_listed_whole_once_then_reads_the_floor(
     first, *steady = calls.passes
     assert calls.list_tasks[0] == [None, None, None]  # three pages of the whole cluster
     assert sorted(calls.describe_sizes[0]) == [5, 45, 100, 100]
-    assert first["DescribeTaskDefinition"] == 5  # each task definition once per container
+    assert first["DescribeTaskDefinition"] == 0  # Service Connect: the agent's health check, whatever the definition
     assert steady
     for counts, sizes in zip(steady, calls.describe_sizes[1:], strict=True):
         assert PassCalls.ecs_reads(counts) == counts["DescribeTasks"] == math.ceil(250 / 100)
@@ -142,10 +131,13 @@ def test_a_service_connect_cluster_is_listed_whole_once_then_reads_the_floor(
 def test_tasks_without_a_container_health_check_are_read_only_when_something_needs_them(
     aws: FleetBuilder, window: pytest.MonkeyPatch, lambda_context: FakeLambdaContext, fake_time: FakeTime
 ) -> None:
-    """ECS reports them UNKNOWN forever: read on the reconciliation pass, not on the others."""
+    """Classic discovery with no container health check: ECS reports its tasks UNKNOWN forever.
+
+    They are read on the reconciliation pass, not on the others.
+    """
     aws.create_cluster("big")
     checked = aws.create_service("big", "checked", discovery_names=["checked"])
-    plain = aws.create_service("big", "plain", discovery_names=["plain"], health_check=False)
+    plain = aws.create_service("big", "plain", registry_names=["plain"], health_check=False)
     aws.start_tasks(checked, 3)
     aws.start_tasks(plain, 4)
     calls = PassCalls(fake_time)
@@ -156,7 +148,7 @@ def test_tasks_without_a_container_health_check_are_read_only_when_something_nee
     first, *steady = calls.passes
     assert calls.list_tasks[0] == []  # every running task is registered: nothing for ECS to list
     assert calls.describe_sizes[0] == [7]  # reconciliation: every task of both
-    assert first["DescribeTaskDefinition"] == 2
+    assert first["DescribeTaskDefinition"] == 1  # the classic one (Service Connect tasks are always read)
     assert steady
     for counts, sizes in zip(steady, calls.describe_sizes[1:], strict=True):
         assert sizes == [3]
@@ -241,3 +233,22 @@ def test_the_guard_still_counts_running_tasks_that_cloud_map_does_not_hold(
     assert read_output().metrics.value("FailOpenActivated") == result["passes"] - 1
     assert calls.describe_sizes[0] == [2, 2]  # registered, then listed by ECS
     assert all(sizes == [4] for sizes in calls.describe_sizes[1:])  # both, every later pass
+
+
+def test_a_service_connect_task_turned_unhealthy_by_its_agent_is_found_on_every_pass(
+    aws: FleetBuilder, window: pytest.MonkeyPatch, lambda_context: FakeLambdaContext, fake_time: FakeTime
+) -> None:
+    """No container health check in the task definition, but ECS's Service Connect agent has one.
+
+    The agent is an essential container ECS adds to the task: when it fails its health check the
+    task is UNHEALTHY, so Service Connect tasks are read on every pass, reconciliation or not.
+    """
+    window.setenv("RECONCILE_EVERY_PASSES", "0")
+    aws.create_cluster("big")
+    service = aws.create_service("big", "plain", discovery_names=["plain"], health_check=False)
+    arns = aws.start_tasks(service, 4)
+    aws.set_health(arns[0], "UNHEALTHY")
+
+    poll(lambda_context)
+
+    assert aws.instance_ids(service.cloudmap_service_ids[0]) == task_ids(*arns[1:])

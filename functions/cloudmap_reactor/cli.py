@@ -597,8 +597,12 @@ def _status(args: argparse.Namespace) -> int:
 def _undo(args: argparse.Namespace) -> int:
     now = time.time()
     window = undo.Window(now - args.since, now) if args.since is not None else undo.Window(args.start, args.end or now)
+    try:  # before any AWS call: a range no date can show must not end the command after it acted
+        start, end = undo.iso(window.start), undo.iso(window.end)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise CommandError(f"the time range cannot be shown as dates: {exc}") from None
     if window.start > window.end:
-        raise CommandError(f"--from {undo.iso(window.start)} is after --to {undo.iso(window.end)}")
+        raise CommandError(f"--from {start} is after --to {end}")
     context, clients = _start(args, UNDO_WRITES if args.apply else None)
     table = args.ledger_table or stack_outputs(context.stack).get(LEDGER_TABLE_OUTPUT, "")
     if not table:
@@ -609,7 +613,7 @@ def _undo(args: argparse.Namespace) -> int:
     registrar = CloudMapDeregistrar(clients.cloudmap)
     actor = Actor(remover=registrar, registrar=registrar, ledger=ledger, tasks=ecs) if args.apply else None
     report = undo.undo(ledger, ecs, window, actor=actor, clusters=args.cluster, services=args.service)
-    in_window = f"{len(report.entries)} taken out from {undo.iso(window.start)} to {undo.iso(window.end)}"
+    in_window = f"{len(report.entries)} taken out from {start} to {end}"
     context.found.append(f"{report.records} quarantine record(s) in {table}, {in_window}")
     if report.unreadable:
         context.warn(f"{report.unreadable} ledger item(s) are not quarantine records: never acted on")

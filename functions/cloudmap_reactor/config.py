@@ -25,11 +25,15 @@ _NUMBER = re.compile(r"^[0-9]{1,6}(?:\.[0-9]{1,6})?$")  # ASCII only; no sign, e
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The names Lambda's advanced logging controls use (and Python's logging accepts WARN and FATAL).
+LOG_LEVEL_ALIASES = {"TRACE": "DEBUG", "WARN": "WARNING", "FATAL": "CRITICAL"}
 _RATE = re.compile(r"^rate\(([1-9][0-9]{0,4}) (minute|minutes|hour|hours|day|days)\)$")
-_CLUSTER_TAG = re.compile(r"^[^=,]{1,128}=[^,]{0,256}$")  # as the template's ClusterTag pattern
+# As the template's ClusterTag pattern: no space around the key or the value (a tag "env " is not "env").
+_CLUSTER_TAG = re.compile(r"^[^=,\s](?:[^=,]{0,126}[^=,\s])?=(?:[^,\s](?:[^,]{0,254}[^,\s])?)?$")
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 _CRON = re.compile(r"^cron\([^()]{9,200}\)$")
 _UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+DEFAULT_ECS_READS_PER_SECOND = 10.0
 
 
 class ConfigError(ValueError):
@@ -72,9 +76,19 @@ class Policy:
     poll_schedule: str = _setting("rate(1 minute)", "POLL_SCHEDULE", "PollSchedule")
     poll_interval_seconds: float = _setting(10.0, "POLL_INTERVAL_SECONDS", "PollIntervalSeconds", low=1, high=300)
     poll_window_seconds: float | None = _setting(None, "POLL_WINDOW_SECONDS", "PollWindowSeconds", low=0, high=900)
+    # A new refresh cycle of a cluster's services (ListServices, then each service described
+    # again, oldest first) starts at most every this many passes (and only when the last one ended).
     service_refresh_passes: int = _setting(6, "SERVICE_REFRESH_PASSES", low=1, high=10_000, integer=True)
+    # The share of a pass's ECS read budget (EcsReadsPerSecond x PollIntervalSeconds) spent on
+    # refreshing services (see ``service_refresh_reads``).
+    service_refresh_share: float = _setting(0.2, "SERVICE_REFRESH_SHARE", "ServiceRefreshShare", low=0.01, high=1)
     ecs_reads_per_second: float = _setting(
-        10.0, "ECS_READS_PER_SECOND", "EcsReadsPerSecond", low=0, high=1000, zero_or_at_least=0.5
+        DEFAULT_ECS_READS_PER_SECOND,
+        "ECS_READS_PER_SECOND",
+        "EcsReadsPerSecond",
+        low=0,
+        high=1000,
+        zero_or_at_least=0.5,
     )
     scan_concurrency: int = _setting(8, "SCAN_CONCURRENCY", low=1, high=64, integer=True)
     # Who may leave, and when
@@ -144,8 +158,22 @@ class Policy:
         """Period of a ``rate(...)`` schedule; None for ``cron(...)``."""
         return schedule_period_seconds(self.poll_schedule)
 
+    @property
+    def service_refresh_reads(self) -> int:
+        """ECS reads a pass may spend refreshing services, over all clusters (at least one).
+
+        ``service_refresh_share`` of what the read budget allows in one interval; with no budget
+        (``ecs_reads_per_second`` 0), of what the default budget would (10 reads/s).
+        """
+        rate = self.ecs_reads_per_second or DEFAULT_ECS_READS_PER_SECOND
+        return max(1, int(self.service_refresh_share * rate * self.poll_interval_seconds))
+
     def in_scope(self, cluster_arn: str) -> bool:
-        """True when the cluster may be one this deployment looks after (with a cluster tag: if it carries it)."""
+        """False when ``ClusterArns`` names other clusters; True otherwise.
+
+        With ``ClusterTag`` this cannot tell (the tag is on the cluster, in ECS): callers that take
+        clusters from events also ask ``adapters.clusters.ClusterDirectory.carries``.
+        """
         return not self.cluster_arns or cluster_arn in self.cluster_arns
 
     @property
@@ -200,8 +228,9 @@ def log_level_setting(env: Mapping[str, str]) -> tuple[str, str]:
 
 
 def valid_log_level(text: str) -> str | None:
-    """The level named by ``text`` (any case), or None when it names none."""
+    """The level named by ``text`` (any case; Lambda's TRACE, WARN and FATAL too), or None when it names none."""
     level = text.strip().upper() or "INFO"
+    level = LOG_LEVEL_ALIASES.get(level, level)
     return level if level in LOG_LEVELS else None
 
 
@@ -253,7 +282,9 @@ def _parse_cluster_arns(raw: str, problems: list[str]) -> tuple[str, ...]:
 def _parse_cluster_tag(text: str, problems: list[str]) -> str:
     if not text or _CLUSTER_TAG.fullmatch(text):
         return text
-    problems.append(f"CLUSTER_TAG={text[:80]!r} must be key=value (an ECS cluster tag, no commas)")
+    problems.append(
+        f"CLUSTER_TAG={text[:80]!r} must be key=value (an ECS cluster tag, no commas, no space around key or value)"
+    )
     return ""
 
 

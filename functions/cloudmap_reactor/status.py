@@ -120,8 +120,10 @@ def gather(
 
 
 def _quarantined(status: Status, ledger: QuarantineLedger, now: float) -> None:
-    records, _ = ledger.quarantined()
+    records, unreadable = ledger.quarantined()
     status.quarantined = quarantine_entries(records, now)
+    if unreadable:  # never acted on by the poller: someone wrote them by hand, or they are damaged
+        status.problems.append(f"the quarantine ledger: {unreadable} item(s) are not quarantine records")
 
 
 def _dead_letters(status: Status, sqs: Any, queue_url: str) -> None:

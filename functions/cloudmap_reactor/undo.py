@@ -32,6 +32,7 @@ from cloudmap_reactor.poller.acting import Actor, Change
 
 _DURATION = re.compile(r"^([0-9]{1,6})([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_SECONDS = 3650 * 86400
 
 
 class Outcome(StrEnum):
@@ -57,7 +58,10 @@ def parse_duration(text: str) -> float:
     match = _DURATION.fullmatch(text.strip())
     if not match:
         raise ValueError(f"{text!r} is not a duration like 90s, 30m, 2h or 1d")
-    return float(int(match.group(1)) * _UNIT[match.group(2)])
+    seconds = int(match.group(1)) * _UNIT[match.group(2)]
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"{text!r} is longer than 3650d (quarantine records live 14 days)")
+    return float(seconds)
 
 
 def parse_time(text: str) -> float:

@@ -212,6 +212,7 @@ def _to_ecs_service(cluster_arn: str, raw: Any) -> EcsService:
         running_count=_count(raw.get("runningCount")),
         task_definitions=tuple(sorted({str(d["taskDefinition"]) for d in deployments if d.get("taskDefinition")})),
         deployed_since=min(created, default=None) if len(created) == len(deployments) else None,
+        active=raw.get("status") != "INACTIVE",
     )
 
 

@@ -133,6 +133,7 @@ class EcsService:
     running_count: int = 0
     task_definitions: tuple[str, ...] = ()
     deployed_since: datetime | None = None
+    active: bool = True  # False: deleted (DescribeServices still answers for an INACTIVE service a while)
 
     @property
     def uses_cloudmap(self) -> bool:

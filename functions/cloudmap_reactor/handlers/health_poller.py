@@ -10,6 +10,7 @@ that could not read every cluster still finishes the others; the invocation then
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -45,6 +46,9 @@ from cloudmap_reactor.poller.reading import MISSING_CLUSTER, ClusterSkipped
 from cloudmap_reactor.poller.scanner import HealthPassResult, HealthScanner
 
 wiring.policy()  # a bad environment stops the function here, at its cold start, naming the variable
+
+
+NO_CLUSTER = "(no cluster in scope)"  # the key of the once-per-container report of an empty cluster list
 
 
 class HealthScanIncomplete(RuntimeError):
@@ -214,6 +218,14 @@ def _report_missing_clusters(result: HealthPassResult, reported: set[str]) -> No
     It neither fails the invocation nor withholds the heartbeat (the pass read every cluster that
     exists), so a cluster deleted while still named in ClusterArns does not page for ever.
     """
+    if result.no_cluster_in_scope and NO_CLUSTER not in reported:
+        reported.add(NO_CLUSTER)
+        logger.error(
+            "Configuration error: no cluster to look after (ClusterTag matches no cluster, or this region "
+            "has none); nothing is watched and the heartbeat is withheld. Reported once per container",
+            extra={"cluster_tag": wiring.policy().cluster_tag, "region": os.environ.get("AWS_REGION", "")},
+        )
+        count(MetricName.CLUSTER_MISSING)
     for missing in result.skipped_clusters:
         if missing.reason != MISSING_CLUSTER:
             continue

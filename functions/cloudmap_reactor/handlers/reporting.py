@@ -23,7 +23,7 @@ DRY_RUN_REMOVED_MESSAGE = "DRY_RUN: would deregister task from Cloud Map"
 
 def report_disabled() -> dict[str, Any]:
     """The emergency stop (Enabled=false): say so in the log and in ``Disabled``; nothing else happens."""
-    logger.info("Emergency stop: Enabled=false, this invocation does nothing (no AWS call)")
+    logger.warning("Emergency stop: Enabled=false, this invocation does nothing (no AWS call)")
     count(MetricName.DISABLED)
     return {"status": "disabled"}
 

@@ -20,15 +20,22 @@ deployments and autoscaling). Per cluster:
   ledger's quarantined tasks, the instances taken out in this invocation, and the tasks ECS
   listed running but unregistered last time. Describing them by id also tells reconciliation
   which registered tasks are stopping or gone (``departed``, ``MISSING``).
-* **ECS's own listing** of the tasks: only when services were just described (the first pass
-  of an invocation, every ``service_refresh_passes``) and on reconciliation passes, and only for
-  services that run more tasks (DescribeServices' ``runningCount``) than were found above, by
-  the cheaper of the whole cluster (⌈T/100⌉ pages, and every listed task not found yet must be
-  described to learn its service) and ``ListTasks(serviceName=...)`` per such service.
+* **ECS's own listing** of the tasks: on reconciliation passes for every service that matters,
+  otherwise for those just described by this pass's slice (their ``runningCount`` is fresh),
+  and only for services that run more tasks (DescribeServices' ``runningCount``) than were
+  found above, by the cheaper of the whole cluster (⌈T/100⌉ pages, and every listed task not
+  found yet must be described to learn its service) and ``ListTasks(serviceName=...)`` per such
+  service.
+* **Services** (``_view``): kept per container (``ContainerMemory``), so a warm invocation does
+  not describe them again. A cold container lists and describes a cluster's services at once
+  (⌈S/100⌉ + ⌈S/10⌉ reads); after that each pass spends at most ``Policy.service_refresh_reads``
+  (split between the clusters) on a *refresh cycle*: one ``ListServices`` (new services first,
+  deleted ones dropped), then every service described again, oldest first. Before a running
+  task is acted on, its service is described again unless this pass did (``confirm``).
 * **Start order**: a client's tasks are read only while an endpoint it depends on is newer than
   its oldest deployment (no running task started before its deployment was created).
 
-So a steady pass costs ⌈T_rel/100⌉ ``DescribeTasks`` per cluster and no other ECS read.
+So a steady pass costs ⌈T_rel/100⌉ ``DescribeTasks`` per cluster and the refresh slice.
 ``doctor`` (``list_every_service``) still reads every task and every service's instances.
 """
 
@@ -40,9 +47,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeVar
 
 from cloudmap_reactor.adapters.deadline import DeadlineExceeded, aws_deadline, submit_in_context
+from cloudmap_reactor.adapters.ecs import DESCRIBE_SERVICES_BATCH
 from cloudmap_reactor.config import Policy
 from cloudmap_reactor.core.decide import held_until_healthy
 from cloudmap_reactor.core.decisions import ClusterSnapshot, QuarantineRecord
@@ -57,7 +66,7 @@ from cloudmap_reactor.core.ports import (
 )
 from cloudmap_reactor.core.probing import HttpCheck
 from cloudmap_reactor.core.start_order import start_order_clients
-from cloudmap_reactor.poller.memory import ClusterView, InvocationMemory
+from cloudmap_reactor.poller.memory import ClusterView, ContainerMemory, InvocationMemory
 
 ALL_SERVICES = "*"  # a failure that concerns a whole cluster's reconciliation, not one service
 MISSING_CLUSTER = "Missing"  # a configuration error, reported once: it does not make a pass incomplete
@@ -130,16 +139,51 @@ class PassReader:
         self._health_checks: dict[str, bool] = {}  # task definition ARN -> any container health check
         self._lookups_left = 0  # task definitions this pass may still describe
         self._lookups_lock = threading.Lock()
+        self.memory = ContainerMemory()  # services and clusters, kept over warm invocations
+
+    def next_pass(self) -> int:
+        """A new pass of the container (every invocation's passes count: service views age by them)."""
+        return self.memory.next_pass()
+
+    def refresh_soon(self, cluster_arn: str, names: Iterable[str]) -> None:
+        """Describe these services first in the cluster's next slice (a redeployed client, say)."""
+        if (view := self.memory.views.get(cluster_arn)) is not None:
+            view.urgent.update(n for n in names if n in view.described_on)
+
+    def confirm(self, read: ClusterRead, names: Iterable[str]) -> bool:
+        """Describe now the named services not described this pass; whether any was (then decide again).
+
+        Before the pass acts on a running task (a removal for health, probes or readiness, a
+        redeployment, a stop), what the decision used of its service (tags, Cloud Map services,
+        deployments) is read again, so a view from an earlier pass never causes an action.
+        """
+        view = self.memory.views.get(read.cluster_arn)
+        if view is None:
+            return False
+        fresh = view.fresh(self.memory.pass_number)
+        stale = sorted({n for n in names if n in view.services} - fresh)
+        if not stale:
+            return False
+        view.update(stale, self._fleet.describe_services(read.cluster_arn, stale), self.memory.pass_number)
+        read.services_described += len(stale)
+        read.services = view.described()
+        read.managed = view.managed(self._policy.tag_scope)
+        return True
+
+    @property
+    def endpoints_created(self) -> dict[str, datetime]:
+        return dict(self.memory.created)
 
     def close(self) -> None:
         """Let the pools' threads go (a test's new container; Lambda just freezes them)."""
         self._cluster_pool.shutdown(wait=False, cancel_futures=True)
         self._call_pool.shutdown(wait=False, cancel_futures=True)
 
-    def clusters(self, memory: InvocationMemory) -> list[str]:
+    def clusters(self) -> list[str]:
         """The configured clusters, or every (tagged) cluster of the account (listed again every few passes)."""
         if self._policy.cluster_arns:
             return list(self._policy.cluster_arns)
+        memory = self.memory
         stale = memory.pass_number - memory.clusters_listed_on >= self._policy.service_refresh_passes
         if memory.clusters is None or stale:
             memory.clusters = self._discover_clusters()
@@ -162,14 +206,23 @@ class PassReader:
         """
 
         self._lookups_left = TASK_DEFINITION_LOOKUPS_PER_PASS
+        clusters = list(clusters)
+        if not list_every_service:  # views of clusters no longer in scope are dropped
+            self.memory.views = {arn: v for arn, v in self.memory.views.items() if arn in clusters}
+        # The pass's share of the read budget for refreshing services, split evenly between clusters.
+        allowance = max(1, self._policy.service_refresh_reads // max(1, len(clusters)))
 
         def one(cluster_arn: str) -> ClusterRead | ClusterSkipped:
             records = [r for r in quarantined if r.cluster_arn == cluster_arn]
             try:
                 with aws_deadline(deadline):
-                    return self._read_cluster(cluster_arn, memory, http, list_every_service, records)
+                    return self._read_cluster(
+                        cluster_arn, memory, http, list_every_service, records, allowance=allowance
+                    )
             except AwsCallFailed as exc:
-                memory.views.pop(cluster_arn, None)  # describe it afresh next pass
+                if isinstance(exc, ClusterNotFound):
+                    self.memory.views.pop(cluster_arn, None)
+                # Otherwise the view stays: what this pass could not describe is still due first.
                 return ClusterSkipped(cluster_arn, _skip_reason(exc), str(exc))
 
         futures = [submit_in_context(self._cluster_pool, one, arn) for arn in clusters]
@@ -210,12 +263,15 @@ class PassReader:
         http: HttpChecks | None,
         list_every_service: bool,
         quarantined: Sequence[QuarantineRecord],
+        *,
+        allowance: int,
     ) -> ClusterRead:
-        view, described = self._view(cluster_arn, memory)
+        view, described, failures = self._view(cluster_arn, allowance)
         read = ClusterRead(cluster_arn, view.described(), view.managed(self._policy.tag_scope))
         read.services_described = described
+        read.failures.extend(failures)
         if list_every_service:
-            return self._read_everything(read, view, memory)
+            return self._read_everything(read, view)
         if not read.managed:
             return read  # nothing here is registered in Cloud Map and in scope: no task reads needed
         every = self._policy.reconcile_every_passes
@@ -223,16 +279,17 @@ class PassReader:
         if http is not None:
             read.checks, problems = http.checks(cluster_arn, read.managed)
             read.probe_problems.extend(problems)
-        self._date_endpoints(read, memory)
+        self._date_endpoints(read)
         needed = self._needing_tasks(read, quarantined)
         self._list_for(read, [read.managed[name] for name in sorted(needed)])
         wanted = self._known_task_ids(read, view, needed, quarantined, memory)
-        wanted |= self._start_order_tasks(read, memory)
+        wanted |= self._start_order_tasks(read)
         found = self._fleet.describe_tasks(cluster_arn, sorted(wanted)) if wanted else []
-        # ECS's own listing, for running tasks Cloud Map does not hold: when services were just
-        # described (their runningCount is fresh), and on reconciliation passes.
-        census = read.reconcile or view.described_on_pass == memory.pass_number
-        if census and (more := self._list_tasks(read, view, needed, found) - wanted):
+        # ECS's own listing, for running tasks Cloud Map does not hold: on reconciliation passes
+        # for every service that matters, otherwise for those just described (fresh runningCount).
+        counted = needed if read.reconcile else needed & view.fresh(self.memory.pass_number)
+        census = bool(counted)
+        if census and (more := self._list_tasks(read, view, counted, found) - wanted):
             found += self._fleet.describe_tasks(cluster_arn, sorted(more))
         read.tasks = [t for t in found if t.desired_status == RUNNING]
         read.departed = {t.task_id: t for t in found if t.desired_status != RUNNING}
@@ -249,7 +306,7 @@ class PassReader:
             view.unregistered = {i: name for i, name in view.unregistered.items() if i in running}
         return read
 
-    def _read_everything(self, read: ClusterRead, view: ClusterView, memory: InvocationMemory) -> ClusterRead:
+    def _read_everything(self, read: ClusterRead, view: ClusterView) -> ClusterRead:
         """``doctor``: every task of the cluster and every service's instances, whatever they cost (one-off)."""
         read.reconcile = True
         self._list_for(read, read.services.values())
@@ -257,7 +314,7 @@ class PassReader:
         read.listing = CLUSTER_WIDE
         self._describe_new_services(read, view)
         self._describe_departed(read)
-        self._date_endpoints(read, memory)
+        self._date_endpoints(read)
         return read
 
     def _needing_tasks(self, read: ClusterRead, quarantined: Sequence[QuarantineRecord]) -> set[str]:
@@ -284,11 +341,15 @@ class PassReader:
     def _health_checked(self, service: EcsService) -> bool:
         """Whether a task of the service can be UNHEALTHY; True when not known yet (read it, as before).
 
+        A Service Connect service always can: ECS adds its Service Connect agent to every task as
+        an essential container with a health check of its own, which the task definition does not
+        show, and a failing agent makes the task UNHEALTHY. Only classic service discovery
+        (``serviceRegistries``) tasks with no container health check are UNKNOWN for ever.
         Task definitions are immutable per revision: each is described once per container, and at
         most ``TASK_DEFINITION_LOOKUPS_PER_PASS`` per pass over all clusters (a cold container with
         thousands of services spreads them over passes instead of stalling one).
         """
-        if not service.task_definitions:
+        if service.service_connect or not service.task_definitions:
             return True
         for arn in service.task_definitions:
             known = self._health_checks.get(arn)
@@ -357,7 +418,7 @@ class PassReader:
         read.listing = BY_SERVICE
         return self._list_service_tasks(read, [s.service_name for s in short])
 
-    def _start_order_tasks(self, read: ClusterRead, memory: InvocationMemory) -> set[str]:
+    def _start_order_tasks(self, read: ClusterRead) -> set[str]:
         """Tasks of start-order clients that may be stale: an endpoint is newer than the client's oldest deployment.
 
         No running task started before its deployment was created, so a client whose deployments
@@ -366,7 +427,8 @@ class PassReader:
         clients = start_order_clients(
             read.services.values(), self._policy.tag_scope, every_endpoint=self._policy.stale_check_every_endpoint
         )
-        suspects = [client.service_name for client, endpoints in clients if _may_be_stale(client, endpoints, memory)]
+        created = self.memory.created
+        suspects = [client.service_name for client, endpoints in clients if _may_be_stale(client, endpoints, created)]
         return self._list_service_tasks(read, suspects) if suspects else set()
 
     def _list_service_tasks(self, read: ClusterRead, names: Sequence[str]) -> set[str]:
@@ -377,17 +439,53 @@ class PassReader:
         read.failures.extend(ServiceReadFailure(read.cluster_arn, name, str(e)) for name, e in failed.items())
         return {task_id(arn) for arns in listed.values() for arn in arns}
 
-    def _view(self, cluster_arn: str, memory: InvocationMemory) -> tuple[ClusterView, int]:
-        view = memory.views.get(cluster_arn)
-        if view is not None and memory.pass_number - view.described_on_pass < self._policy.service_refresh_passes:
-            return view, 0
-        described = self._fleet.describe_services(cluster_arn, self._fleet.list_service_arns(cluster_arn))
-        earlier = view
-        view = ClusterView({s.service_name: s for s in described}, described_on_pass=memory.pass_number)
-        if earlier is not None:
-            view.tasks_listed, view.unregistered = earlier.tasks_listed, earlier.unregistered
-        memory.views[cluster_arn] = view
-        return view, len(described)
+    def _view(self, cluster_arn: str, allowance: int) -> tuple[ClusterView, int, list[ServiceReadFailure]]:
+        """The cluster's services, refreshed by one slice of ``allowance`` ECS reads (all of them when cold).
+
+        A refresh cycle lists the services (⌈S/100⌉ pages) and then describes each (10 a call)
+        over the next passes, services never described first, then the oldest; a new cycle starts
+        when the last one ended and ``service_refresh_passes`` passed since it started. A cluster
+        without a view (a cold container, a new cluster) is listed and described whole at once:
+        nothing about it is known, and a failure skips the cluster. A warm view is used as it is
+        when part of its slice fails (actions still confirm their services): each failed call is
+        reported, and its 10 services wait for the next cycle, so one failing service cannot
+        stall the cycle. Returns the view, how many services were described, and the failures.
+        """
+        now = self.memory.pass_number
+        view = self.memory.views.get(cluster_arn)
+        if view is None:
+            view = ClusterView({})
+            view.relist(map(_service_name, self._fleet.list_service_arns(cluster_arn)), now)
+            due = view.due()
+            view.update(due, self._fleet.describe_services(cluster_arn, due) if due else [], now)
+            self.memory.views[cluster_arn] = view
+            return view, len(due), []
+        reads = allowance
+        if not view.due() and now - view.listed_on >= self._policy.service_refresh_passes:
+            try:
+                names = self._fleet.list_service_arns(cluster_arn)
+            except AwsCallFailed as exc:
+                if isinstance(exc, DeadlineExceeded | ClusterNotFound):
+                    raise
+                return view, 0, [ServiceReadFailure(cluster_arn, ALL_SERVICES, f"listing services: {exc}")]
+            reads -= _pages(len(names))
+            view.relist(map(_service_name, names), now)
+        # At least one call when anything is due, so a small allowance still moves the cycle on.
+        batch = view.due()[: max(1, reads) * DESCRIBE_SERVICES_BATCH]
+        calls = {str(i): batch[i : i + DESCRIBE_SERVICES_BATCH] for i in range(0, len(batch), DESCRIBE_SERVICES_BATCH)}
+        found, failed = self._concurrently(
+            lambda key: self._fleet.describe_services(cluster_arn, calls[key]), list(calls)
+        )
+        if late := next((e for e in failed.values() if isinstance(e, DeadlineExceeded | ClusterNotFound)), None):
+            raise late
+        for key, services in found.items():
+            view.update(calls[key], services, now)
+        failures: list[ServiceReadFailure] = []
+        for key, error in failed.items():
+            view.deferred.update(calls[key])
+            what = f"describing services {calls[key][0]} to {calls[key][-1]}"
+            failures.append(ServiceReadFailure(cluster_arn, ALL_SERVICES, f"{what}: {error}"))
+        return view, sum(len(calls[key]) for key in found), failures
 
     def _list_for(self, read: ClusterRead, services: Iterable[EcsService]) -> None:
         wanted = {sid: s.service_name for s in services for sid in s.cloudmap_service_ids}
@@ -402,9 +500,8 @@ class PassReader:
         unknown = sorted({t.service_name for t in read.tasks if t.service_name and t.service_name not in view.services})
         if not unknown:
             return
-        found = {s.service_name: s for s in self._fleet.describe_services(read.cluster_arn, unknown)}
-        read.services_described += len(found)
-        view.services.update({name: found.get(name) for name in unknown})
+        view.update(unknown, self._fleet.describe_services(read.cluster_arn, unknown), self.memory.pass_number)
+        read.services_described += len(unknown)
         read.services = view.described()
         read.managed = view.managed(self._policy.tag_scope)
 
@@ -423,8 +520,8 @@ class PassReader:
             read.reconcile = False  # without the task states nothing can be reconciled safely
             read.failures.append(ServiceReadFailure(read.cluster_arn, ALL_SERVICES, str(exc)))
 
-    def _date_endpoints(self, read: ClusterRead, memory: InvocationMemory) -> None:
-        """Creation dates of the endpoints start-order clients depend on (each read once per invocation)."""
+    def _date_endpoints(self, read: ClusterRead) -> None:
+        """Creation dates of the endpoints start-order clients depend on (each read once per container)."""
         if not read.managed:
             return
         clients = start_order_clients(
@@ -432,10 +529,10 @@ class PassReader:
         )
         for client, endpoints in clients:
             for sid in endpoints.values():
-                if sid in memory.created:
+                if sid in self.memory.created:
                     continue
                 try:
-                    memory.created[sid] = self._registry.service_created_at(sid)
+                    self.memory.remember_created(sid, self._registry.service_created_at(sid))
                 except AwsCallFailed as exc:
                     if isinstance(exc, DeadlineExceeded):
                         raise
@@ -448,11 +545,28 @@ def _pages(tasks: int) -> int:
     return max(1, math.ceil(tasks / 100))
 
 
-def _may_be_stale(client: EcsService, endpoints: Mapping[str, str], memory: InvocationMemory) -> bool:
+def refresh_cycle_passes(services: int, reads: int, every: int = 1) -> int:
+    """Passes one refresh cycle of a warm cluster takes: a new service is described within this many.
+
+    ``reads``: the cluster's slice (``Policy.service_refresh_reads`` / clusters); ``every``:
+    ``service_refresh_passes``. The listing pass spends ⌈S/100⌉ reads on ``ListServices`` and
+    describes what is left of its slice (at least 10 services, new ones first); every later pass
+    describes ``10 x reads``, until all ⌈S/10⌉ calls are made.
+    """
+    calls = math.ceil(services / DESCRIBE_SERVICES_BATCH)
+    first = max(1, reads - _pages(services))
+    return max(every, 1 + math.ceil(max(0, calls - first) / max(1, reads)))
+
+
+def _service_name(arn_or_name: str) -> str:
+    """``arn:aws:ecs:…:service/cluster/name`` (or the old ``service/name``) → ``name``."""
+    return arn_or_name.rsplit("/", 1)[-1]
+
+
+def _may_be_stale(client: EcsService, endpoints: Mapping[str, str], created: Mapping[str, datetime]) -> bool:
     """An endpoint of ``client`` was created after its oldest deployment (unknown dates: decided elsewhere)."""
-    created = [memory.created.get(sid) for sid in endpoints.values()]
-    dates = [d for d in created if d is not None]
-    if len(dates) < len(created):
+    dates = [d for sid in endpoints.values() if (d := created.get(sid)) is not None]
+    if len(dates) < len(endpoints):
         return False  # a creation date could not be read: reported, and the client is not judged
     return client.deployed_since is None or max(dates) > client.deployed_since
 

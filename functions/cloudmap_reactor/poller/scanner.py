@@ -22,17 +22,21 @@ from cloudmap_reactor.adapters.deadline import aws_deadline
 from cloudmap_reactor.config import Policy
 from cloudmap_reactor.core.decide import decide_cluster
 from cloudmap_reactor.core.decisions import (
+    Action,
     ClusterSnapshot,
     Decision,
+    Deregister,
     GuardVerdict,
     InstanceKey,
     OrphanInstance,
     ProbeStreak,
     QuarantineRecord,
+    Redeploy,
+    StopTask,
     UnhealthyTask,
 )
 from cloudmap_reactor.core.http_checks import FailedProbe, HttpChecks, ProbeProblem
-from cloudmap_reactor.core.model import Deregistration, EcsService
+from cloudmap_reactor.core.model import QUARANTINE_REASONS, Deregistration, EcsService
 from cloudmap_reactor.core.ports import AwsCallFailed, QuarantineLedger
 from cloudmap_reactor.core.probing import ProbeResult, ProbeTarget
 from cloudmap_reactor.core.start_order import StaleClient
@@ -83,6 +87,7 @@ class HealthPassResult:
     quarantined: list[QuarantineRecord] = field(default_factory=list)  # the ledger's records at the pass's start
     ledger_unreadable: int = 0  # stored items that are not records: skipped, never acted on
     lease_elsewhere: bool = False  # another poller invocation holds the lease: this pass did nothing
+    no_cluster_in_scope: bool = False  # ClusterTag matched nothing, or the account/region has no cluster
     now: float = 0.0  # epoch seconds at the pass's start
 
     @property
@@ -110,10 +115,12 @@ class HealthPassResult:
         """Every in-scope cluster was read, and Cloud Map could be read: only then is the heartbeat emitted.
 
         A pass whose every instance listing failed (ListInstances denied, say) checked nothing that
-        depends on Cloud Map, so it does not count as done, even though its ECS reads worked.
+        depends on Cloud Map, so it does not count as done, even though its ECS reads worked. Nor
+        does a pass that found no cluster to look after: a ClusterTag with a typo, or the wrong
+        region, would otherwise look like a healthy fleet.
         """
         cloudmap_unreadable = self.listings > 0 and self.listings_failed == self.listings
-        return not self.unread_clusters and not cloudmap_unreadable and not self.lease_elsewhere
+        return not (self.unread_clusters or cloudmap_unreadable or self.lease_elsewhere or self.no_cluster_in_scope)
 
     @property
     def unread_clusters(self) -> list[ClusterSkipped]:
@@ -149,6 +156,7 @@ class HealthScanner:
     def run_pass(self, *, deadline: float) -> HealthPassResult:
         """One pass over every cluster in scope; ``deadline`` (monotonic) bounds every AWS call in it."""
         self.memory.next_pass()
+        self._reader.next_pass()
         result = HealthPassResult(now=self._clock())
         with self._phase("read") as annotate:
             try:
@@ -159,7 +167,8 @@ class HealthScanner:
                     if self._ledger is not None and self._actor is not None:
                         # Nothing of this pass may act after the lease it holds has expired.
                         deadline = min(deadline, aws_clock.now() + self.hold_lease_for() - LEASE_MARGIN_SECONDS)
-                    clusters = self._reader.clusters(self.memory)
+                    clusters = self._reader.clusters()
+                    result.no_cluster_in_scope = not clusters
                     if self._ledger is not None:
                         result.quarantined, result.ledger_unreadable = self._ledger.quarantined()
             except AwsCallFailed as exc:
@@ -234,23 +243,22 @@ class HealthScanner:
         self, read: ClusterRead, streaks: dict[InstanceKey, ProbeStreak], deadline: float, result: HealthPassResult
     ) -> None:
         quarantined = tuple(r for r in result.quarantined if r.cluster_arn == read.cluster_arn)
-        snapshot = self.snapshot(read, streaks, quarantined, result.now)
-        decision = decide_cluster(snapshot, self.memory.for_decisions(), self._policy)
-        if decision.needs_listing:
-            with aws_deadline(deadline):
-                listed, failed = self._reader.list_instances(decision.needs_listing)
-            result.listings += len(listed) + len(failed)
-            result.listings_failed += len(failed)
-            owners = {sid: s.service_name for s in read.managed.values() for sid in s.cloudmap_service_ids}
-            result.read_failures.extend(
-                ServiceReadFailure(read.cluster_arn, owners.get(sid, ALL_SERVICES), error)
-                for sid, error in failed.items()
+
+        def decide() -> Decision:
+            return decide_cluster(
+                self.snapshot(read, streaks, quarantined, result.now), self.memory.for_decisions(), self._policy
             )
-            read.instances.update(listed)
-            read.fresh.update(listed)
-            snapshot = self.snapshot(read, streaks, quarantined, result.now)
-            decision = decide_cluster(snapshot, self.memory.for_decisions(), self._policy)
-            decision.needs_listing.clear()  # what still could not be listed is reported above, not guessed
+
+        decision = decide()
+        if decision.needs_listing:
+            self._list_for_guard(read, decision.needs_listing, deadline, result)
+            decision = decide()
+        if self._confirm_services(read, decision, deadline, result):
+            decision = decide()  # with the services as they are now
+            if decision.needs_listing:  # their Cloud Map services changed
+                self._list_for_guard(read, decision.needs_listing, deadline, result)
+                decision = decide()
+        decision.needs_listing.clear()  # what still could not be listed is reported, not guessed
         result.decision.merge(decision)
         if self._actor is None:
             return
@@ -262,6 +270,8 @@ class HealthScanner:
             c.record.key for c in acted.ledger if c.change is Change.RESTORED and not c.error and not c.dry_run
         }
         self.memory.redeployed.update(r.client.service.service_arn for r in acted.redeployments if r.error is None)
+        # A later invocation forgets ``redeployed``: it must see the new deployment in the service itself.
+        self._reader.refresh_soon(read.cluster_arn, (r.client.service.service_name for r in acted.redeployments))
         result.deregistrations.extend(acted.deregistrations)
         result.redeployments.extend(acted.redeployments)
         result.ledger.extend(acted.ledger)
@@ -270,6 +280,41 @@ class HealthScanner:
             for r in acted.redeployments
             if r.error is not None
         )
+
+    def _list_for_guard(self, read: ClusterRead, sids: set[str], deadline: float, result: HealthPassResult) -> None:
+        """The instances the fail-open guard needs, listed right before acting."""
+        with aws_deadline(deadline):
+            listed, failed = self._reader.list_instances(sids)
+        result.listings += len(listed) + len(failed)
+        result.listings_failed += len(failed)
+        owners = {sid: s.service_name for s in read.managed.values() for sid in s.cloudmap_service_ids}
+        result.read_failures.extend(
+            ServiceReadFailure(read.cluster_arn, owners.get(sid, ALL_SERVICES), error) for sid, error in failed.items()
+        )
+        read.instances.update(listed)
+        read.fresh.update(listed)
+
+    def _confirm_services(
+        self, read: ClusterRead, decision: Decision, deadline: float, result: HealthPassResult
+    ) -> bool:
+        """Services a running task would be acted on for, described again unless described this pass.
+
+        Service views are kept over passes and invocations and refreshed in slices; a removal for
+        health, probes or readiness, a redeployment or a stop rests on the service's tags, Cloud
+        Map services and deployments, so those are read now (few services: actions are rare).
+        Stopping tasks leave whatever the view says. If the read fails, those actions wait.
+        """
+        names = {name for action in decision.planned() if (name := _resting_on_service(action))}
+        if not names:
+            return False
+        try:
+            with aws_deadline(deadline):
+                return self._reader.confirm(read, names)
+        except AwsCallFailed as exc:
+            result.read_failures.extend(ServiceReadFailure(read.cluster_arn, name, str(exc)) for name in sorted(names))
+            decision.actions[:] = [a for a in decision.actions if _resting_on_service(a) is None]
+            decision.held[:] = [h for h in decision.held if h.action is None or _resting_on_service(h.action) is None]
+            return False
 
     def snapshot(
         self,
@@ -286,13 +331,24 @@ class HealthScanner:
             instances=read.instances,
             reconcile=read.reconcile,
             departed=read.departed,
-            endpoints_created=dict(self.memory.created),
+            endpoints_created=self._reader.endpoints_created,
             probes=streaks,
             quarantined=quarantined,
             now=now,
             probed_services=frozenset(read.checks) if self._http is not None else frozenset(),
             fresh=frozenset(read.fresh),
         )
+
+
+def _resting_on_service(action: Action) -> str | None:
+    """The service whose current description an action on a running task rests on (None: a stopping task's)."""
+    if isinstance(action, Deregister):
+        return action.service_name if action.reason in QUARANTINE_REASONS else None
+    if isinstance(action, Redeploy):
+        return action.client.service.service_name
+    if isinstance(action, StopTask):
+        return action.record.service_name
+    return None
 
 
 def _count_read(read: ClusterRead, result: HealthPassResult) -> None:
