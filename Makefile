@@ -80,8 +80,8 @@ demo: venv  ## Replay events/, then three poller invocations, through the real h
 demo-server: venv  ## Seed the local emulator on 127.0.0.1:5000 and keep it up for sam local invoke
 	$(BIN)/python -m devtools.demo --serve --port 5000
 
-bench: venv $(RUNTIME_STAMP)  ## Measure passes at 1k/5k/10k tasks, the reactor, detection, imports, probes -> docs/benchmarks*
-	$(BIN)/python -m devtools.bench --runtime-python $(RUNTIME_VENV)/bin/python
+bench: venv $(RUNTIME_STAMP)  ## Measure passes at 1k/5k/10k/50k tasks vs the floor, CPU per 100 tasks, detection, imports, probes -> docs/benchmarks*
+	$(BIN)/python -m devtools.bench --runtime-python $(RUNTIME_VENV)/bin/python $(if $(NOTE),--note "$(NOTE)")
 	$(BIN)/python -m devtools.bench_probes
 
 bench-probes: venv  ## Measure one pass of HTTP probes (1k/5k instances, hanging ones) -> docs/benchmarks-probes.md

@@ -103,7 +103,7 @@ def deployed_modules() -> set[str]:
 @dataclass
 class Found:
     actions: dict[str, set[str]] = field(default_factory=dict)  # IAM action -> where (module:scope)
-    services_created: set[str] = field(default_factory=set)  # boto3.client("…")
+    services_created: set[str] = field(default_factory=set)  # boto3.client("…"), session().client("…")
     problems: list[str] = field(default_factory=list)
 
 
@@ -122,8 +122,11 @@ def calls_in_source(source: str, where: str, found: Found) -> None:
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
             and node.func.attr == "client"
-            and isinstance(node.func.value, ast.Name)
-            and node.func.value.id == "boto3"
+            # boto3.client("…") or a session's: _session().client("…") (clients.py's trimmed session)
+            and (
+                (isinstance(node.func.value, ast.Name) and node.func.value.id == "boto3")
+                or isinstance(node.func.value, ast.Call)
+            )
             and node.args
             and isinstance(node.args[0], ast.Constant)
         ):

@@ -9,6 +9,10 @@ attempt is sent, and no back-off is slept, past ``at``; without a deadline they 
 botocore clients. The short timeouts keep a hung connection from eating the whole Lambda
 timeout. ``AWS_ENDPOINT_URL`` (honoured by botocore) points them at a local emulator for the
 demo and ``sam local invoke``.
+
+The clients share one boto3 session whose ECS model is trimmed (``trimmed_model``): ECS answers
+are parsed for the fields this application reads only, which halves the CPU a pass spends per
+described task.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING
 
-import boto3
 from botocore.config import Config
 
 from cloudmap_reactor.adapters.deadline import attach_deadline
+from cloudmap_reactor.adapters.trimmed_model import trimmed_session
 
 if TYPE_CHECKING:
+    import boto3
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_ecs import ECSClient
     from mypy_boto3_servicediscovery import ServiceDiscoveryClient
@@ -42,28 +47,34 @@ CLIENT_CONFIG = Config(
 
 
 @cache
+def _session() -> boto3.session.Session:
+    return trimmed_session()
+
+
+@cache
 def ecs_client() -> ECSClient:
-    client = boto3.client("ecs", config=CLIENT_CONFIG)
+    client = _session().client("ecs", config=CLIENT_CONFIG)
     attach_deadline(client)
     return client
 
 
 @cache
 def cloudmap_client() -> ServiceDiscoveryClient:
-    client = boto3.client("servicediscovery", config=CLIENT_CONFIG)
+    client = _session().client("servicediscovery", config=CLIENT_CONFIG)
     attach_deadline(client)
     return client
 
 
 @cache
 def dynamodb_client() -> DynamoDBClient:
-    client: DynamoDBClient = boto3.client("dynamodb", config=CLIENT_CONFIG)
+    client: DynamoDBClient = _session().client("dynamodb", config=CLIENT_CONFIG)
     attach_deadline(client)
     return client
 
 
 def reset_clients() -> None:
     """Forget the clients (tests start a fresh emulator per test)."""
+    _session.cache_clear()
     ecs_client.cache_clear()
     cloudmap_client.cache_clear()
     dynamodb_client.cache_clear()
