@@ -11,6 +11,7 @@ the cluster has 46 services (1 ``ListServices`` page, 5 ``DescribeServices``), s
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -20,6 +21,7 @@ from moto.ecs import models as ecs_models
 
 from cloudmap_reactor import wiring
 from cloudmap_reactor.adapters.clients import ecs_client
+from cloudmap_reactor.adapters.deadline import DeadlineExceeded
 from cloudmap_reactor.config import Policy
 from cloudmap_reactor.core.model import EcsService
 from cloudmap_reactor.poller.memory import ClusterView
@@ -305,3 +307,44 @@ def test_a_slice_that_cannot_be_described_is_reported_and_the_pass_goes_on_with_
     errors = [m for m in read_output().messages("ERROR") if "Could not reconcile" in m]
     assert len(errors) == 2  # on passes 4 and 6: one call of 10 services each time
     assert [c["ListServices"] for c in calls.passes] == [1, 1, 0, 0, 1, 0]
+
+
+def test_a_cold_cluster_that_cannot_be_described_in_one_pass_is_warmed_up_over_passes_not_from_scratch(
+    aws: FleetBuilder, env: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold container's first pass runs out of time after one DescribeServices call (2,500 services at 10 reads/s).
+
+    What it described is kept and acted on (api-0's UNHEALTHY task leaves at once); the next pass
+    describes the rest instead of listing and describing the cluster again from nothing.
+    """
+    api = fleet(aws, env)
+    sick = api[0].task_arns[0]
+    aws.set_health(sick, "UNHEALTHY")
+    fleet_reader = wiring.poller_deps().reader._fleet
+    real = fleet_reader.describe_services
+    calls: list[int] = []
+    out_of_time = [True]
+
+    def describe(cluster_arn: str, names: Any) -> list[EcsService]:
+        calls.append(len(names))
+        if out_of_time[0] and len(calls) > 1:
+            raise DeadlineExceeded("DescribeServices: the deadline has passed")
+        return real(cluster_arn, names)
+
+    monkeypatch.setattr(fleet_reader, "describe_services", describe)
+    scanner = wiring.poller_deps().new_scanner(owner="cold")
+
+    first = scanner.run_pass(deadline=time.monotonic() + 60)
+    assert first.clusters_scanned == 1  # read, not skipped
+    assert not first.skipped_clusters
+    assert [d.task_arn for d in first.deregistrations] == [sick]  # api-0 was in the first call
+    assert any("warming up after a cold start: 10 of 46 services" in f.error for f in first.read_failures)
+    assert not first.complete  # part of the cluster is not looked after yet: no heartbeat
+
+    out_of_time[0] = False
+    calls.clear()
+    second = scanner.run_pass(deadline=time.monotonic() + 60)
+    assert sum(calls) == SERVICES - 10  # the rest, not the whole cluster again
+    assert not [f for f in second.read_failures if "warming up" in f.error]
+    assert second.complete
+    assert aws.instance_ids(api[0].cloudmap_service_ids[0]) == task_ids(*api[0].task_arns[1:])

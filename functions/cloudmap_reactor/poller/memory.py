@@ -64,6 +64,10 @@ class ClusterView:
         ]
         return sorted(late, key=lambda name: (name not in self.urgent, self.described_on[name], name))
 
+    def warming(self) -> bool:
+        """Some listed service was never described (a cold view): it is described before the refresh cycle goes on."""
+        return any(on == NEVER for on in self.described_on.values())
+
     def relist(self, names: Iterable[str], pass_number: int) -> None:
         """A new ``ListServices``: services gone from it are dropped, new ones are due first."""
         listed = set(names)

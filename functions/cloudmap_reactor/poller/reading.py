@@ -46,11 +46,18 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
-from cloudmap_reactor.adapters.deadline import DeadlineExceeded, aws_deadline, submit_in_context
+from cloudmap_reactor.adapters.deadline import (
+    DeadlineExceeded,
+    aws_deadline,
+    now,
+    remaining_seconds,
+    submit_in_context,
+)
 from cloudmap_reactor.adapters.ecs import DESCRIBE_SERVICES_BATCH
 from cloudmap_reactor.config import Policy
 from cloudmap_reactor.core.decide import held_until_healthy
@@ -115,6 +122,7 @@ class ClusterRead:
     listing: str = ""  # how ECS's tasks were listed this pass: CLUSTER_WIDE, BY_SERVICE or not at all
     probe_problems: list[ProbeProblem] = field(default_factory=list)
     services_described: int = 0
+    warming: bool = False  # some services of the cluster were never described yet (a cold view)
 
 
 class PassReader:
@@ -269,6 +277,7 @@ class PassReader:
         view, described, failures = self._view(cluster_arn, allowance)
         read = ClusterRead(cluster_arn, view.described(), view.managed(self._policy.tag_scope))
         read.services_described = described
+        read.warming = view.warming()
         read.failures.extend(failures)
         if list_every_service:
             return self._read_everything(read, view)
@@ -440,28 +449,29 @@ class PassReader:
         return {task_id(arn) for arns in listed.values() for arn in arns}
 
     def _view(self, cluster_arn: str, allowance: int) -> tuple[ClusterView, int, list[ServiceReadFailure]]:
-        """The cluster's services, refreshed by one slice of ``allowance`` ECS reads (all of them when cold).
+        """The cluster's services, refreshed by one slice of ``allowance`` ECS reads (a warm-up when cold).
 
         A refresh cycle lists the services (⌈S/100⌉ pages) and then describes each (10 a call)
         over the next passes, services never described first, then the oldest; a new cycle starts
         when the last one ended and ``service_refresh_passes`` passed since it started. A cluster
-        without a view (a cold container, a new cluster) is listed and described whole at once:
-        nothing about it is known, and a failure skips the cluster. A warm view is used as it is
-        when part of its slice fails (actions still confirm their services): each failed call is
-        reported, and its 10 services wait for the next cycle, so one failing service cannot
-        stall the cycle. Returns the view, how many services were described, and the failures.
+        without a view (a cold container, a new cluster) is listed at once (a failure skips the
+        cluster) and then warmed up: its services never described are described beyond the
+        allowance, for at most half the time left to the pass's reads (``_warm_up``), and what was
+        described is kept, so a cluster of thousands of services is known after a pass or two
+        instead of being read again from nothing by every pass that runs out of time. A warm view
+        is used as it is when part of its slice fails (actions still confirm their services): each
+        failed call is reported, and its 10 services wait for the next cycle, so one failing
+        service cannot stall the cycle. Returns the view, how many services were described, and
+        the failures.
         """
         now = self.memory.pass_number
         view = self.memory.views.get(cluster_arn)
+        reads = allowance
         if view is None:
             view = ClusterView({})
             view.relist(map(_service_name, self._fleet.list_service_arns(cluster_arn)), now)
-            due = view.due()
-            view.update(due, self._fleet.describe_services(cluster_arn, due) if due else [], now)
             self.memory.views[cluster_arn] = view
-            return view, len(due), []
-        reads = allowance
-        if not view.due() and now - view.listed_on >= self._policy.service_refresh_passes:
+        elif not view.due() and now - view.listed_on >= self._policy.service_refresh_passes:
             try:
                 names = self._fleet.list_service_arns(cluster_arn)
             except AwsCallFailed as exc:
@@ -470,22 +480,57 @@ class PassReader:
                 return view, 0, [ServiceReadFailure(cluster_arn, ALL_SERVICES, f"listing services: {exc}")]
             reads -= _pages(len(names))
             view.relist(map(_service_name, names), now)
+        if view.warming():
+            return self._warm_up(cluster_arn, view)
         # At least one call when anything is due, so a small allowance still moves the cycle on.
         batch = view.due()[: max(1, reads) * DESCRIBE_SERVICES_BATCH]
-        calls = {str(i): batch[i : i + DESCRIBE_SERVICES_BATCH] for i in range(0, len(batch), DESCRIBE_SERVICES_BATCH)}
+        described, failures = self._describe_into(view, cluster_arn, batch)
+        return view, described, failures
+
+    def _warm_up(self, cluster_arn: str, view: ClusterView) -> tuple[ClusterView, int, list[ServiceReadFailure]]:
+        """Describe the services never described, for at most half the time left: the rest of the pass reads the others.
+
+        Calls cut by that half-time deadline leave their services due for the next pass (not a
+        failure); the pass goes on with the services known so far, and says how far the warm-up got.
+        """
+        left = remaining_seconds()
+        with aws_deadline(now() + left / 2) if left is not None else nullcontext():
+            described, failures = self._describe_into(view, cluster_arn, view.due(), cut_short_ok=left is not None)
+        if view.warming():
+            known = len(view.described_on) - len(view.due())
+            failures.append(
+                ServiceReadFailure(
+                    cluster_arn,
+                    ALL_SERVICES,
+                    f"warming up after a cold start: {known} of {len(view.described_on)} services described, "
+                    "the others are looked after from the next pass that describes them",
+                )
+            )
+        return view, described, failures
+
+    def _describe_into(
+        self, view: ClusterView, cluster_arn: str, names: Sequence[str], *, cut_short_ok: bool = False
+    ) -> tuple[int, list[ServiceReadFailure]]:
+        """Describe ``names`` (10 a call, concurrently) into the view; (services described, failures).
+
+        ``cut_short_ok``: calls that ran into the current deadline leave their services due, quietly.
+        """
+        calls = {str(i): names[i : i + DESCRIBE_SERVICES_BATCH] for i in range(0, len(names), DESCRIBE_SERVICES_BATCH)}
         found, failed = self._concurrently(
             lambda key: self._fleet.describe_services(cluster_arn, calls[key]), list(calls)
         )
-        if late := next((e for e in failed.values() if isinstance(e, DeadlineExceeded | ClusterNotFound)), None):
-            raise late
         for key, services in found.items():
-            view.update(calls[key], services, now)
+            view.update(calls[key], services, self.memory.pass_number)
         failures: list[ServiceReadFailure] = []
         for key, error in failed.items():
+            if isinstance(error, ClusterNotFound) or (isinstance(error, DeadlineExceeded) and not cut_short_ok):
+                raise error
+            if isinstance(error, DeadlineExceeded):
+                continue  # the warm-up's own deadline: still due, described by the next pass
             view.deferred.update(calls[key])
             what = f"describing services {calls[key][0]} to {calls[key][-1]}"
             failures.append(ServiceReadFailure(cluster_arn, ALL_SERVICES, f"{what}: {error}"))
-        return view, sum(len(calls[key]) for key in found), failures
+        return sum(len(calls[key]) for key in found), failures
 
     def _list_for(self, read: ClusterRead, services: Iterable[EcsService]) -> None:
         wanted = {sid: s.service_name for s in services for sid in s.cloudmap_service_ids}

@@ -88,6 +88,7 @@ class HealthPassResult:
     ledger_unreadable: int = 0  # stored items that are not records: skipped, never acted on
     lease_elsewhere: bool = False  # another poller invocation holds the lease: this pass did nothing
     no_cluster_in_scope: bool = False  # ClusterTag matched nothing, or the account/region has no cluster
+    warming_clusters: int = 0  # clusters read while some of their services were never described (cold start)
     now: float = 0.0  # epoch seconds at the pass's start
 
     @property
@@ -116,11 +117,12 @@ class HealthPassResult:
 
         A pass whose every instance listing failed (ListInstances denied, say) checked nothing that
         depends on Cloud Map, so it does not count as done, even though its ECS reads worked. Nor
-        does a pass that found no cluster to look after: a ClusterTag with a typo, or the wrong
-        region, would otherwise look like a healthy fleet.
+        does a pass that found no cluster to look after (a ClusterTag with a typo, or the wrong
+        region, would otherwise look like a healthy fleet), or one that still warms a cluster up.
         """
         cloudmap_unreadable = self.listings > 0 and self.listings_failed == self.listings
-        return not (self.unread_clusters or cloudmap_unreadable or self.lease_elsewhere or self.no_cluster_in_scope)
+        partial = self.unread_clusters or self.warming_clusters or self.no_cluster_in_scope
+        return not (partial or cloudmap_unreadable or self.lease_elsewhere)
 
     @property
     def unread_clusters(self) -> list[ClusterSkipped]:
@@ -353,6 +355,7 @@ def _resting_on_service(action: Action) -> str | None:
 
 def _count_read(read: ClusterRead, result: HealthPassResult) -> None:
     result.clusters_scanned += 1
+    result.warming_clusters += read.warming
     result.services_described += read.services_described
     result.tasks_examined += len(read.tasks)
     result.listings += read.listings
