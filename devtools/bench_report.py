@@ -210,11 +210,13 @@ def render(
     if incomplete:
         lines += [
             "",
-            "\\* Incomplete: the pass ran out of time and skipped the cluster (nothing in it decided or acted on); "
-            "the calls are those made until then. A pass's reads stop about 23 s after it starts: its deadline "
-            "is the lease it holds (3 intervals, at least 30 s) less a 2 s margin, and reading leaves time for "
-            "acting. CPU per 100 "
-            "tasks is not given for incomplete passes (no task counted as read).",
+            "\\* Incomplete: the pass did not look after the whole cluster: a cold container still warming it up "
+            "(its services described over its first passes, each spending at most half its read time on them; "
+            "the services known are looked after) or a pass that ran out of time. A pass's reads stop about "
+            "23 s after it starts: its deadline is the lease it holds (3 intervals, at least 30 s) less a 2 s "
+            "margin, and reading leaves time for acting. The steady pass at the default budget is the slowest "
+            "complete pass after the first of 7, refresh slices included (the warm-up over). CPU per 100 "
+            "tasks is not given for incomplete passes.",
         ]
     lines += [
         "",
