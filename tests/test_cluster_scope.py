@@ -218,3 +218,19 @@ def test_plan_and_doctor_read_the_tagged_clusters_of_a_stack_with_cluster_tag(aw
     tag_cluster(tagged)
     assert cli._clusters_in_scope(ecs_client(), Policy.from_env({"CLUSTER_TAG": TAG})) == [tagged]
     assert len(cli._clusters_in_scope(ecs_client(), Policy.from_env({}))) == 2
+
+
+def test_a_denied_task_definition_lookup_is_counted_and_the_services_tasks_are_read_anyway(
+    aws: FleetBuilder, lambda_context: FakeLambdaContext, read_output: Any
+) -> None:
+    """Not knowing whether a classic service can turn UNHEALTHY means reading its tasks (and saying why)."""
+    aws.create_cluster("prod")
+    plain = aws.create_service("prod", "plain", registry_names=["plain"], health_check=False)
+    arns = aws.start_tasks(plain, 4)
+    aws.set_health(arns[0], "UNHEALTHY")
+    deny(ecs_client(), "DescribeTaskDefinition")
+
+    poll(lambda_context)
+
+    assert aws.instance_ids(plain.cloudmap_service_ids[0]) == task_ids(*arns[1:])
+    assert read_output().metrics.value("AccessDenied", Reason="DescribeTaskDefinition") >= 1

@@ -335,7 +335,7 @@ class PassReader:
         A service with none of these has tasks that ECS always reports UNKNOWN: nothing to read.
         """
         managed = read.managed
-        checked = {name for name, service in sorted(managed.items()) if self._health_checked(service)}
+        checked = {name for name, service in sorted(managed.items()) if self._health_checked(service, read)}
         if read.reconcile:
             return set(managed)
         held = {r.service_name for r in quarantined}
@@ -347,7 +347,7 @@ class PassReader:
         sids = {sid for name in needed for sid in managed[name].cloudmap_service_ids}
         return needed | {name for name, s in managed.items() if s.cloudmap_service_ids & sids}
 
-    def _health_checked(self, service: EcsService) -> bool:
+    def _health_checked(self, service: EcsService, read: ClusterRead) -> bool:
         """Whether a task of the service can be UNHEALTHY; True when not known yet (read it, as before).
 
         A Service Connect service always can: ECS adds its Service Connect agent to every task as
@@ -372,7 +372,11 @@ class PassReader:
                 except AwsCallFailed as exc:
                     if isinstance(exc, DeadlineExceeded):
                         raise
-                    return True  # unknown: read its tasks, and ask again next pass
+                    # Unknown: read its tasks, and ask again next pass; said, so that a denied call is seen.
+                    read.failures.append(
+                        ServiceReadFailure(read.cluster_arn, service.service_name, f"task definition {arn}: {exc}")
+                    )
+                    return True
                 if len(self._health_checks) >= TASK_DEFINITION_CACHE:
                     self._health_checks.clear()
                 self._health_checks[arn] = known
