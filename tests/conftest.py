@@ -30,6 +30,8 @@ from moto import mock_aws  # noqa: E402
 from cloudmap_reactor import wiring  # noqa: E402
 from devtools.aws_emulator import FleetBuilder, aws_like_ecs  # noqa: E402
 from devtools.ledger_table import create_ledger_table  # noqa: E402
+from tests import virtual_time  # noqa: E402
+from tests.virtual_time import VirtualTime  # noqa: E402
 
 EVENTS_DIR = Path(__file__).resolve().parent.parent / "events"
 
@@ -43,6 +45,15 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[FleetBuilder]:
         wiring.reset()
         yield FleetBuilder(boto3.client("ecs"), boto3.client("servicediscovery"))
     wiring.reset()
+
+
+@pytest.fixture
+def clock(aws: FleetBuilder, mocker: Any) -> VirtualTime:
+    """Virtual time for every thread (no real back-off, budget or probe wait).
+
+    After ``aws``: a test's emulator patches are undone before the emulator's own.
+    """
+    return virtual_time.install(mocker)
 
 
 @pytest.fixture

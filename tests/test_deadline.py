@@ -39,12 +39,6 @@ class Throttled(JsonRESTError):
 
 
 @pytest.fixture
-def clock(aws: FleetBuilder, mocker: Any) -> VirtualTime:
-    """Virtual time. After ``aws``: the emulator patches below are undone before the emulator's own."""
-    return virtual_time.install(mocker)
-
-
-@pytest.fixture
 def orders(aws: FleetBuilder) -> SeededService:
     aws.create_cluster("prod")
     service = aws.create_service("prod", "orders", discovery_names=["orders"])

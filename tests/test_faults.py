@@ -47,10 +47,7 @@ class Faults:
         return self.attempts <= self.failures
 
 
-@pytest.fixture(autouse=True)
-def clock(aws: FleetBuilder, mocker: Any) -> VirtualTime:
-    """Virtual time. After ``aws``: the emulator patches below are undone before the emulator's own."""
-    return virtual_time.install(mocker)
+pytestmark = pytest.mark.usefixtures("clock")  # every test here runs on virtual time (conftest)
 
 
 @pytest.fixture
